@@ -1,0 +1,227 @@
+"""The project's one on-disk model format, and the one function every face loads it with.
+
+A model directory holds:
+
+* ``model.json`` — what the network is and how its input is made (no pickles anywhere)::
+
+    {"format": "kneel-monai/model", "format_version": 1,
+     "task": "roi" | "landmarks",
+     "network": {"preset": "paper", "args": {...KneelHourglassNet arguments...}},
+     "weights": ["fold_0.safetensors", ...],       # one file per fold; >1 = ensemble
+     "preprocessing": {"spacing_mm": 0.3, "pad_size": 520, "crop_size": 450,
+                       "intensity": {...}},       # see INTENSITY_KINDS
+     "provenance": {...}}                          # free text: data, schedule, figures
+
+* the weight files: ``safetensors`` state dicts (tensors only).
+
+Intensity normalisations: ``{"kind": "percentile", "lower": 5, "upper": 99}`` (clip to the
+percentiles, scale to [0, 1]; the project default) or ``{"kind": "release_mean_std",
+"mean": [..3..], "std": [..3..]}`` (the release's: scale to 0-255, replicate grey to the input
+channels, subtract the mean and divide by the std given on the 0-255 scale).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .networks import KneelHourglassNet
+
+__all__ = [
+    "MODEL_FORMAT",
+    "MODEL_FORMAT_VERSION",
+    "TASKS",
+    "INTENSITY_KINDS",
+    "ModelFormatError",
+    "KneelModel",
+    "save_model",
+    "load_model",
+    "load_state_dict_strict",
+]
+
+MODEL_FORMAT = "kneel-monai/model"
+MODEL_FORMAT_VERSION = 1
+TASKS = ("roi", "landmarks")
+INTENSITY_KINDS = ("percentile", "release_mean_std")
+CONFIG_NAME = "model.json"
+
+
+class ModelFormatError(ValueError):
+    """A model directory or state dict that does not match what it claims to be."""
+
+
+@dataclass
+class KneelModel:
+    """A loaded model: one network per fold (an ensemble when more than one), and its description."""
+
+    task: str
+    networks: list[KneelHourglassNet]
+    config: dict[str, Any]
+    path: Path | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Fold-averaged coordinates ``(B, M, 2)`` in [0, 1] for a preprocessed batch ``(B, C, H, W)``."""
+        return torch.stack([net(x) for net in self.networks]).mean(dim=0)
+
+
+def load_state_dict_strict(network: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``network`` requiring the exact same keys and shapes.
+
+    Raises :class:`ModelFormatError` naming the missing, unexpected and mis-shaped keys.
+    """
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    bad_shapes = sorted(
+        f"{k}: file {tuple(state_dict[k].shape)} vs network {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if tuple(expected[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or bad_shapes:
+
+        def head(items: list[str]) -> str:
+            return ", ".join(items[:8]) + (f" … ({len(items)} in all)" if len(items) > 8 else "")
+
+        parts = [f"{source}: state dict does not match the network"]
+        if missing:
+            parts.append(f"missing keys: {head(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {head(unexpected)}")
+        if bad_shapes:
+            parts.append(f"shape mismatches: {head(bad_shapes)}")
+        raise ModelFormatError("; ".join(parts))
+    network.load_state_dict(state_dict, strict=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(
+    directory: str | os.PathLike,
+    task: str,
+    network_args: dict[str, Any],
+    state_dicts: list[dict[str, torch.Tensor]],
+    preprocessing: dict[str, Any],
+    provenance: dict[str, Any] | None = None,
+    preset: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a model directory (weights first, ``model.json`` last, each atomically).
+
+    Args:
+        network_args: the complete :class:`KneelHourglassNet` keyword arguments.
+        state_dicts: one per fold.
+        dtype: store floating tensors in this dtype (e.g. ``torch.float16`` to halve the size);
+            loading casts back to float32.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if not state_dicts:
+        raise ValueError("save_model needs at least one state dict")
+    _validate_preprocessing(preprocessing, "save_model")
+    KneelHourglassNet(**network_args)  # fail now on bad arguments, not at load time
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for fold, sd in enumerate(state_dicts):
+        tensors = {
+            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in sd.items()
+        }
+        name = f"fold_{fold}.safetensors"
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp)
+            os.replace(tmp, out / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        names.append(name)
+    config = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "task": task,
+        "network": {"preset": preset, "args": network_args},
+        "weights": names,
+        "preprocessing": preprocessing,
+        "provenance": provenance or {},
+    }
+    _atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def _validate_preprocessing(pre: Any, source: str) -> None:
+    if not isinstance(pre, dict):
+        raise ModelFormatError(f"{source}: 'preprocessing' must be an object, got {type(pre).__name__}")
+    for key in ("spacing_mm", "pad_size", "crop_size", "intensity"):
+        if key not in pre:
+            raise ModelFormatError(f"{source}: 'preprocessing' lacks {key!r}")
+    kind = pre["intensity"].get("kind") if isinstance(pre["intensity"], dict) else None
+    if kind not in INTENSITY_KINDS:
+        raise ModelFormatError(f"{source}: unknown intensity kind {kind!r}; expected one of {INTENSITY_KINDS}")
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", folds: list[int] | None = None) -> KneelModel:
+    """Load a model directory (or its ``model.json``) into eval-mode networks on ``device``.
+
+    Args:
+        folds: which fold weights to load (default: all listed — a fold ensemble).
+    """
+    path = Path(path)
+    config_path = path if path.is_file() else path / CONFIG_NAME
+    if not config_path.is_file():
+        raise ModelFormatError(f"{path}: not a kneel-monai model (no {CONFIG_NAME})")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelFormatError(f"{config_path}: invalid JSON ({err})") from None
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        raise ModelFormatError(f"{config_path}: 'format' is not {MODEL_FORMAT!r}")
+    if config.get("format_version", 0) > MODEL_FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{config_path}: format_version {config['format_version']} is newer than this library reads "
+            f"({MODEL_FORMAT_VERSION}); upgrade kneel-monai"
+        )
+    task = config.get("task")
+    if task not in TASKS:
+        raise ModelFormatError(f"{config_path}: 'task' must be one of {TASKS}, got {task!r}")
+    _validate_preprocessing(config.get("preprocessing"), str(config_path))
+    weights = config.get("weights") or []
+    if not weights:
+        raise ModelFormatError(f"{config_path}: lists no weight files")
+    chosen = weights if folds is None else [weights[i] for i in folds]
+    args = config.get("network", {}).get("args")
+    try:
+        template = KneelHourglassNet(**args)
+    except (TypeError, ValueError) as err:
+        raise ModelFormatError(f"{config_path}: bad network arguments ({err})") from None
+    networks = []
+    for name in chosen:
+        weight_path = config_path.parent / name
+        if not weight_path.is_file():
+            raise ModelFormatError(f"{weight_path}: weight file listed in {CONFIG_NAME} is missing")
+        net = KneelHourglassNet(**args) if networks else template
+        sd = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(weight_path)).items()}
+        load_state_dict_strict(net, sd, str(weight_path))
+        networks.append(net.to(device).eval())
+    return KneelModel(
+        task=task, networks=networks, config=config, path=config_path.parent, preprocessing=config["preprocessing"]
+    )
