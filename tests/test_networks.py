@@ -170,3 +170,28 @@ def test_gradients_flow_to_every_parameter():
     missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
     assert math.isfinite(sum(float(p.grad.abs().sum()) for p in net.parameters()))
+
+
+def test_fused_and_channels_last_network_equals_eager():
+    from kneel_monai.networks import fuse_conv_bn, prepare_for_inference
+
+    torch.manual_seed(1)
+    net = build_network("release", out_points=16, width=8, depth=3)
+    # non-trivial BatchNorm statistics, as a trained network has
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(4, 3, 96, 96) * 3 + 1)
+    net.eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected, expected_hm = net.forward_with_heatmaps(x)
+        fused = fuse_conv_bn(net)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        got, got_hm = fused.forward_with_heatmaps(x)
+        fast = prepare_for_inference(net)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got_hm, expected_hm, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=0)
+    # the original is untouched (still has its BatchNorms)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
