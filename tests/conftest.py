@@ -28,3 +28,4 @@ def release_fixture_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return folder
+
