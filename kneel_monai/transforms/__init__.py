@@ -1,0 +1,27 @@
+"""Landmark-aware transforms: the image moves, its landmarks follow through the affine.
+
+See :mod:`kneel_monai.transforms.points` for the conventions.
+"""
+
+from .array import CropRoi, ResampleToSpacing, SplitHalves, roi_size_px
+from .dictionary import SIDES, CropRoid, FollowAffined, RandFlipLandmarksd, ResampleToSpacingd, SplitHalvesd
+from .points import affine_of, index_to_xy, points_between, points_to_mm, transform_points, xy_to_index
+
+__all__ = [
+    "CropRoi",
+    "ResampleToSpacing",
+    "SplitHalves",
+    "roi_size_px",
+    "SIDES",
+    "CropRoid",
+    "FollowAffined",
+    "RandFlipLandmarksd",
+    "ResampleToSpacingd",
+    "SplitHalvesd",
+    "affine_of",
+    "index_to_xy",
+    "points_between",
+    "points_to_mm",
+    "transform_points",
+    "xy_to_index",
+]
