@@ -5,10 +5,13 @@ See :mod:`kneel_monai.transforms.points` for the conventions.
 
 from .array import CropRoi, ResampleToSpacing, SplitHalves, roi_size_px
 from .dictionary import SIDES, CropRoid, FollowAffined, RandFlipLandmarksd, ResampleToSpacingd, SplitHalvesd
+from .mixup import MixupBatch, mixup_loss
 from .points import affine_of, index_to_xy, points_between, points_to_mm, transform_points, xy_to_index
 
 __all__ = [
     "CropRoi",
+    "MixupBatch",
+    "mixup_loss",
     "ResampleToSpacing",
     "SplitHalves",
     "roi_size_px",
