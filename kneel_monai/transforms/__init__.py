@@ -3,6 +3,7 @@
 See :mod:`kneel_monai.transforms.points` for the conventions.
 """
 
+from .augment import RandCutoutd, RandKneelIntensityd, RandLandmarkWarpd, RandTargetJitterd, warp_image
 from .array import CropRoi, ResampleToSpacing, SplitHalves, roi_size_px
 from .dictionary import SIDES, CropRoid, FollowAffined, RandFlipLandmarksd, ResampleToSpacingd, SplitHalvesd
 from .mixup import MixupBatch, mixup_loss
@@ -10,6 +11,11 @@ from .points import affine_of, index_to_xy, points_between, points_to_mm, transf
 
 __all__ = [
     "CropRoi",
+    "RandCutoutd",
+    "RandKneelIntensityd",
+    "RandLandmarkWarpd",
+    "RandTargetJitterd",
+    "warp_image",
     "MixupBatch",
     "mixup_loss",
     "ResampleToSpacing",
