@@ -139,12 +139,14 @@ class SplitHalvesd(MapTransform):
     Input: ``d[image_key]`` the whole radiograph; each of ``point_keys`` holds ``(2, N, 2)``
     points, row 0 the patient's right knee (image left half), row 1 the left knee (NaN when
     absent). Output: ``[right_knee_dict, left_knee_dict]``, each with the half image, its
-    ``(N, 2)`` points in the half's pixels, and ``d["side"]`` = ``"R"`` / ``"L"``.
+    ``(N, 2)`` points in the half's pixels, and ``d["side"]`` = ``"R"`` / ``"L"``. With
+    ``drop_absent=True`` (training) a half whose first point key is all-NaN is left out.
     """
 
-    def __init__(self, image_key: str = "image", point_keys: KeysCollection = (), side_key: str = "side") -> None:
+    def __init__(self, image_key: str = "image", point_keys: KeysCollection = (), side_key: str = "side",
+                 drop_absent: bool = False) -> None:
         super().__init__([image_key])
-        self.image_key, self.side_key = image_key, side_key
+        self.image_key, self.side_key, self.drop_absent = image_key, side_key, drop_absent
         self.point_keys = [point_keys] if isinstance(point_keys, str) else list(point_keys)
         self.split = SplitHalves()
 
@@ -160,6 +162,8 @@ class SplitHalvesd(MapTransform):
                 if points.shape[0] != 2:
                     raise ValueError(f"{key!r} must be (2, N, 2) — right knee, left knee — got {tuple(points.shape)}")
                 d[key] = points_between(points[index], before, affine_of(half))
+            if self.drop_absent and self.point_keys and np.isnan(np.asarray(d[self.point_keys[0]])).all():
+                continue
             outputs.append(d)
         return outputs
 

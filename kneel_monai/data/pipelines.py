@@ -1,0 +1,122 @@
+"""Transform chains from a datalist item to a network input and target, for both stages.
+
+Both chains: load → normalise (5th–99th percentile → [0, 1]) → stage geometry → (training:
+warp, pad 520 / random crop 450, cutout, intensity) or (evaluation: pad 520 / centre crop 450)
+→ ``target``: the points as ``(N, 2)`` float32 normalised, pixel-centred coordinates of the
+450 × 450 input (``(x + 0.5) / W``), the convention of the project's soft-argmax.
+
+The image's ``affine`` at the end maps network-input pixels to the original radiograph's
+millimetres, so predictions go back with :func:`~kneel_monai.transforms.points_between`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from monai.transforms import (
+    CenterSpatialCropd,
+    Compose,
+    MapTransform,
+    RandSpatialCropd,
+    SpatialPadd,
+)
+
+from ..io import LoadRadiographd
+from ..transforms import (
+    CropRoid,
+    FollowAffined,
+    PercentileNormalised,
+    RandCutoutd,
+    RandKneelIntensityd,
+    RandLandmarkWarpd,
+    ResampleToSpacingd,
+    SplitHalvesd,
+)
+from .ground_truth import SIDES
+
+__all__ = ["PointsFromItemd", "PointsToTargetd", "roi_stage_transforms", "landmark_stage_transforms"]
+
+
+class PointsFromItemd(MapTransform):
+    """Datalist JSON points → ``d["points"]`` float64 arrays (``None`` knees become NaN rows).
+
+    ROI items (``knee_centres_px``) give ``(2, 1, 2)`` (right knee, left knee); landmark items
+    (``landmarks_px``) give ``(16, 2)``.
+    """
+
+    def __init__(self, out_key: str = "points") -> None:
+        super().__init__(["knee_centres_px", "landmarks_px"], allow_missing_keys=True)
+        self.out_key = out_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        if "knee_centres_px" in d:
+            centres = d["knee_centres_px"]
+            d[self.out_key] = np.array([[centres[s] if centres[s] is not None else [np.nan, np.nan]] for s in SIDES],
+                                       dtype=np.float64)
+        elif "landmarks_px" in d:
+            d[self.out_key] = np.asarray(d["landmarks_px"], dtype=np.float64)
+        else:
+            raise KeyError(f"item has neither 'knee_centres_px' nor 'landmarks_px' (keys: {sorted(d)})")
+        return d
+
+
+class PointsToTargetd(MapTransform):
+    """``(N, 2)`` pixel points of the final image → normalised ``(x + 0.5)/W, (y + 0.5)/H`` float32."""
+
+    def __init__(self, point_key: str = "points", image_key: str = "image", target_key: str = "target") -> None:
+        super().__init__([point_key])
+        self.point_key, self.image_key, self.target_key = point_key, image_key, target_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        h, w = d[self.image_key].shape[-2:]
+        pts = torch.as_tensor(np.asarray(d[self.point_key]), dtype=torch.float64)
+        d[self.target_key] = ((pts + 0.5) / torch.tensor([w, h], dtype=torch.float64)).float()
+        return d
+
+
+def _tail(train: bool, pad: int, crop: int, cutout: float) -> list:
+    pts = "points"
+    chain = []
+    if train:
+        chain.append(RandLandmarkWarpd("image", pts, prob=0.7))
+    chain.append(FollowAffined(SpatialPadd("image", spatial_size=(pad, pad)), "image", pts))
+    cropper = RandSpatialCropd("image", roi_size=(crop, crop), random_size=False) if train else \
+        CenterSpatialCropd("image", roi_size=(crop, crop))
+    chain.append(FollowAffined(cropper, "image", pts))
+    if train:
+        chain += [RandCutoutd("image", size_fraction=cutout, prob=0.5), RandKneelIntensityd("image")]
+    chain.append(PointsToTargetd(pts, "image", "target"))
+    return chain
+
+
+def _head() -> list:
+    return [
+        LoadRadiographd("image", spacing_key="spacing_mm"),
+        PointsFromItemd("points"),
+        PercentileNormalised("image", lower=5, upper=99),
+    ]
+
+
+def roi_stage_transforms(train: bool, spacing_mm: float = 1.0, pad: int = 520, crop: int = 450,
+                         cutout: float = 0.1) -> Compose:
+    """Radiograph item → two half-image samples (patient's right knee first), knee centre as target.
+
+    In training, halves without a knee are dropped (the ROI model has nothing to learn there).
+    """
+    return Compose(_head() + [
+        ResampleToSpacingd("image", spacing_mm, point_keys="points"),
+        SplitHalvesd("image", point_keys="points", drop_absent=train),
+    ] + _tail(train, pad, crop, cutout))
+
+
+def landmark_stage_transforms(train: bool, size_mm: float = 140.0, spacing_mm: float = 0.3, pad: int = 520,
+                              crop: int = 450, cutout: float = 0.1) -> Compose:
+    """Knee item → a 140 mm ROI at 0.3 mm centred on landmark 4, left knees mirrored; 16 points as target."""
+    return Compose(_head() + [
+        CropRoid("image", centre_key="points", centre_id=4, size_mm=size_mm, spacing_mm=spacing_mm,
+                 side_key="side", point_keys="points"),
+    ] + _tail(train, pad, crop, cutout))
