@@ -45,6 +45,61 @@ def _cmd_convert_release(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _print_bad(bad: list[dict]) -> None:
+    if bad:
+        print(f"skipped {len(bad)} file(s):")
+        for item in bad:
+            print(f"  {item['reason']}")
+
+
+def _cmd_build_datalists(ns: argparse.Namespace) -> int:
+    from .data import build_datalists
+
+    lists = build_datalists(ns.root, n_folds=ns.folds, seed=ns.seed)
+    roi_path, lm_path = lists.write(ns.out)
+    print(f"{len(lists.roi)} radiographs, {len(lists.landmarks)} knees, {ns.folds} folds (seed {ns.seed})")
+    print(f"wrote {roi_path}\nwrote {lm_path}")
+    _print_bad(lists.bad_files)
+    return 0
+
+
+def _cmd_build_oai(ns: argparse.Namespace) -> int:
+    from .data.oai import build_oai_dataset
+
+    report = build_oai_dataset(ns.oai_dir, ns.csv, ns.out, n_folds=ns.folds, seed=ns.seed)
+    roi_path, lm_path = report.datalists.write(ns.out)
+    print(f"{len(report.written)} radiographs matched, {len(report.datalists.landmarks)} knees")
+    print(f"wrote {roi_path}\nwrote {lm_path}")
+    for item in report.unmatched:
+        print(f"  unmatched {item['subject_id']} {item['side']}: {item['reason']}")
+    for item in report.ambiguous:
+        print(f"  ambiguous {item['subject_id']} {item['side']}: {item['reason']}")
+    _print_bad(report.datalists.bad_files)
+    return 0
+
+
+def _cmd_info(ns: argparse.Namespace) -> int:
+    from .io import describe_radiograph
+
+    status = 0
+    for path in ns.files:
+        try:
+            info = describe_radiograph(path)
+        except Exception as err:  # noqa: BLE001 — one line per unreadable file, go on with the rest
+            print(f"{path}: error: {err}")
+            status = 1
+            continue
+        print(path)
+        for key in ("format", "shape", "pixel_spacing_mm", "spacing_source", "photometric_interpretation",
+                    "transfer_syntax", "bits_stored", "modality", "patient_id", "laterality"):
+            if info.get(key) is not None:
+                print(f"  {key:<27} {info[key]}")
+        for problem in info.get("problems", []):
+            print(f"  problem: {problem}")
+            status = 1
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kneel", description="Knee landmark localisation (KNEEL) tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -61,6 +116,32 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--verify", action="store_true", help="check the outputs against each folder's expected.npz")
     conv.add_argument("--tolerance", type=float, default=1e-5, help="max |Δ| allowed by --verify (default 1e-5)")
     conv.set_defaults(func=_cmd_convert_release)
+
+    info = sub.add_parser("info", help="print what the reader sees in radiograph files (size, spacing, tags)")
+    info.add_argument("files", nargs="+")
+    info.set_defaults(func=_cmd_info)
+
+    lists = sub.add_parser("build-datalists", help="radiographs + ground-truth JSONs → datalists for both stages")
+    lists.add_argument("root", help="folder searched recursively for ground-truth JSON files")
+    lists.add_argument("out", help="folder for roi_datalist.json and landmark_datalist.json")
+    lists.add_argument("--folds", type=int, default=5)
+    lists.add_argument("--seed", type=int, default=42)
+    lists.set_defaults(func=_cmd_build_datalists)
+
+    oai = sub.add_parser("build-oai", help="OAI DICOM folder + KNEEL annotation CSV → ground truth + datalists")
+    oai.add_argument("oai_dir", help="folder holding the OAI DICOMs (any layout)")
+    oai.add_argument("csv", help="the KNEEL annotation CSV (kneel_oai_landmarks_0.3mm.csv)")
+    oai.add_argument("out", help="output folder for ground-truth JSONs and datalists")
+    oai.add_argument("--folds", type=int, default=5)
+    oai.add_argument("--seed", type=int, default=42)
+    oai.set_defaults(func=_cmd_build_oai)
+
+    try:  # `kneel synth` lives with the generator
+        from .synthetic.cli import add_synth_parser
+    except ImportError:
+        pass
+    else:
+        add_synth_parser(sub)
     return parser
 
 
@@ -78,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return ns.func(ns)
-    except (CommandError, ModelFormatError, UnsafePickleError, OSError) as err:
+    except (CommandError, ModelFormatError, UnsafePickleError, OSError, ValueError) as err:
         print(f"kneel {ns.command}: error: {err}", file=sys.stderr)
         return 2
 
