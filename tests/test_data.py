@@ -172,8 +172,7 @@ def test_landmark_stage_pipeline_puts_points_on_the_knee(cohort):
         for p in px[[0, 4, 8, 9, 15]]:
             np.testing.assert_allclose(blob_peak_xy(img, p), p, atol=0.6)
         # and the chain inverts: target → original radiograph pixels
-        original = torch.diag(torch.tensor([SPACING, SPACING, 1.0], dtype=torch.float64))
-        back = points_between(px, img.affine, original)
+        back = points_between(px, img.affine, out["image_original_affine"])
         np.testing.assert_allclose(back, item["landmarks_px"], atol=1e-3)
 
 
@@ -185,8 +184,9 @@ def test_roi_stage_pipeline_two_halves(cohort):
     for half, side in zip(halves, "RL"):
         assert half["image"].shape == (1, 450, 450)
         px = half["target"].double().numpy()[0] * 450 - 0.5
-        original = torch.diag(torch.tensor([SPACING, SPACING, 1.0], dtype=torch.float64))
-        back = points_between(px[None], half["image"].affine, original)[0]
+        torch.testing.assert_close(half["image_original_affine"],
+                                   torch.diag(torch.tensor([SPACING, SPACING, 1.0], dtype=torch.float64)))
+        back = points_between(px[None], half["image"].affine, half["image_original_affine"])[0]
         np.testing.assert_allclose(back, items["p1"]["knee_centres_px"][side], atol=1e-3)
     # training drops the half without a knee; evaluation keeps it with a NaN target
     assert len(roi_stage_transforms(train=True)(items["p2"])) == 1

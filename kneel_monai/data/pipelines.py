@@ -6,7 +6,9 @@ warp, pad 520 / random crop 450, cutout, intensity) or (evaluation: pad 520 / ce
 450 × 450 input (``(x + 0.5) / W``), the convention of the project's soft-argmax.
 
 The image's ``affine`` at the end maps network-input pixels to the original radiograph's
-millimetres, so predictions go back with :func:`~kneel_monai.transforms.points_between`.
+millimetres; ``d["image_original_affine"]`` is the radiograph's own, so a prediction ``p``
+(pixels of the network input) goes back with
+``points_between(p, d["image"].affine, d["image_original_affine"])``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..transforms import (
     CropRoid,
     FollowAffined,
     PercentileNormalised,
+    RecordAffined,
     RandCutoutd,
     RandKneelIntensityd,
     RandLandmarkWarpd,
@@ -96,6 +99,7 @@ def _tail(train: bool, pad: int, crop: int, cutout: float) -> list:
 def _head() -> list:
     return [
         LoadRadiographd("image", spacing_key="spacing_mm"),
+        RecordAffined("image"),  # → d["image_original_affine"], to map predictions back
         PointsFromItemd("points"),
         PercentileNormalised("image", lower=5, upper=99),
     ]

@@ -20,7 +20,7 @@ from ..landmarks import NUM_LANDMARKS, flip_landmark_ids
 from .array import CropRoi, ResampleToSpacing, SplitHalves
 from .points import affine_of, points_between
 
-__all__ = ["FollowAffined", "ResampleToSpacingd", "CropRoid", "SplitHalvesd", "RandFlipLandmarksd", "SIDES"]
+__all__ = ["RecordAffined", "FollowAffined", "ResampleToSpacingd", "CropRoid", "SplitHalvesd", "RandFlipLandmarksd", "SIDES"]
 
 #: Knee sides in the order of the image halves: the image's left half is the patient's right knee.
 SIDES = ("R", "L")
@@ -34,6 +34,24 @@ def _move_points(d: dict, point_keys: Sequence[Hashable], before: torch.Tensor, 
                 continue
             raise KeyError(f"landmark key {key!r} not in the data (keys: {sorted(map(str, d))})")
         d[key] = points_between(d[key], before, after)
+
+
+class RecordAffined(MapTransform):
+    """Keep a copy of each image's affine under ``f"{key}_{suffix}"`` (default ``image_original_affine``).
+
+    Put it right after loading: at the end of any chain, predictions ``p`` in the final image go
+    back to the radiograph's pixels with ``points_between(p, d["image"].affine, d["image_original_affine"])``.
+    """
+
+    def __init__(self, keys: KeysCollection, suffix: str = "original_affine", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.suffix = suffix
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[f"{key}_{self.suffix}"] = affine_of(d[key]).clone()
+        return d
 
 
 class FollowAffined(Randomizable, MapTransform):
