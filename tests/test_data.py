@@ -203,3 +203,17 @@ def test_training_chain_runs_and_keeps_targets_consistent(cohort):
         out = chain(item)
         assert out["image"].shape == (1, 450, 450) and out["target"].shape == (16, 2)
         assert torch.isfinite(out["target"]).all()
+
+
+def test_samples_batch_with_a_monai_dataloader(cohort):
+    from monai.data import DataLoader, Dataset
+
+    folder, _ = cohort
+    lists = build_datalists(folder, progress=False)
+    loader = DataLoader(Dataset(lists.landmarks, landmark_stage_transforms(train=False)), batch_size=4)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (4, 1, 450, 450) and batch["target"].shape == (4, 16, 2)
+    assert sorted(batch["kl"].tolist()) == [1, 1, 2, 4]  # k1 R 1, L 2; k2 R 1; k3 L 4
+    roi = DataLoader(Dataset(lists.roi, roi_stage_transforms(train=True)), batch_size=2)
+    batch = next(iter(roi))  # each radiograph gives its halves with a knee; the loader flattens them
+    assert batch["image"].shape[1:] == (1, 450, 450) and batch["target"].shape[1:] == (1, 2)

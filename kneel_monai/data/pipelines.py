@@ -39,7 +39,7 @@ from ..transforms import (
 )
 from .ground_truth import SIDES
 
-__all__ = ["PointsFromItemd", "PointsToTargetd", "roi_stage_transforms", "landmark_stage_transforms"]
+__all__ = ["PointsFromItemd", "PointsToTargetd", "BatchReadyd", "roi_stage_transforms", "landmark_stage_transforms"]
 
 
 class PointsFromItemd(MapTransform):
@@ -81,6 +81,24 @@ class PointsToTargetd(MapTransform):
         return d
 
 
+class BatchReadyd(MapTransform):
+    """Make a sample collatable: drop the datalist's raw JSON points, give each knee its own KL
+    grade (``-1`` when unknown) and drop a ``None`` spacing — ``default_collate`` cannot batch ``None``."""
+
+    def __init__(self) -> None:
+        super().__init__(["image"])
+
+    def __call__(self, data: Mapping) -> dict:
+        d = {k: v for k, v in data.items() if k not in ("knee_centres_px", "landmarks_px")}
+        kl = d.get("kl")
+        if isinstance(kl, Mapping):
+            kl = kl.get(d.get("side"))
+        d["kl"] = -1 if kl is None else int(kl)
+        if d.get("spacing_mm") is None:
+            d.pop("spacing_mm", None)
+        return d
+
+
 def _tail(train: bool, pad: int, crop: int, cutout: float) -> list:
     pts = "points"
     chain = []
@@ -92,7 +110,7 @@ def _tail(train: bool, pad: int, crop: int, cutout: float) -> list:
     chain.append(FollowAffined(cropper, "image", pts))
     if train:
         chain += [RandCutoutd("image", size_fraction=cutout, prob=0.5), RandKneelIntensityd("image")]
-    chain.append(PointsToTargetd(pts, "image", "target"))
+    chain += [PointsToTargetd(pts, "image", "target"), BatchReadyd()]
     return chain
 
 
