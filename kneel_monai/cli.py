@@ -136,12 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     oai.add_argument("--seed", type=int, default=42)
     oai.set_defaults(func=_cmd_build_oai)
 
-    try:  # `kneel synth` lives with the generator
-        from .synthetic.cli import add_synth_parser
-    except ImportError:
-        pass
-    else:
-        add_synth_parser(sub)
+    from .synthetic.cli import add_synth_parser  # `kneel synth` lives with the generator
+
+    add_synth_parser(sub)
     return parser
 
 
