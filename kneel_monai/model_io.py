@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write, atomic_write_text
 from .networks import KneelHourglassNet
 
 __all__ = [
@@ -102,17 +102,6 @@ def load_state_dict_strict(network: torch.nn.Module, state_dict: dict[str, torch
     network.load_state_dict(state_dict, strict=True)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(
     directory: str | os.PathLike,
     task: str,
@@ -146,14 +135,7 @@ def save_model(
             for k, v in sd.items()
         }
         name = f"fold_{fold}.safetensors"
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, out / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(out / name, lambda tmp: save_file(tensors, str(tmp)))
         names.append(name)
     config = {
         "format": MODEL_FORMAT,
@@ -164,7 +146,7 @@ def save_model(
         "preprocessing": preprocessing,
         "provenance": provenance or {},
     }
-    _atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return out
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .landmarks import BONE_COLOURS, FEMUR_IDS, NUM_LANDMARKS, TIBIA_IDS
 
 __all__ = ["draw_landmarks_overlay"]
@@ -84,14 +84,4 @@ def draw_landmarks_overlay(
             ax.plot(pts[:, 0], pts[:, 1], "x", color="white", ms=marker * 1.2, mew=0.8)
     if title:
         ax.text(0.01 * w, 0.99 * h, title, color="white", fontsize=1.5 * font, va="bottom")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from ..atomic import atomic_write_text
 from ..io import RadiographReadError, read_radiograph
 from ..landmarks import KNEE_CENTRE_ID
 from .folds import patient_folds
@@ -108,20 +108,10 @@ def build_datalists(root: str | os.PathLike, n_folds: int = 5, seed: int = 42, p
 
 def write_datalist(path: str | os.PathLike, stage: str, items: list[dict], meta: Datalists | None = None) -> Path:
     """Write one stage's datalist atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": DATALIST_FORMAT, "stage": stage, "items": items}
     if meta is not None:
         payload.update({"n_folds": meta.n_folds, "seed": meta.seed, "bad_files": meta.bad_files})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=1, allow_nan=False))
 
 
 def read_datalist(path: str | os.PathLike) -> dict[str, Any]:

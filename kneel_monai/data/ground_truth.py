@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..landmarks import NUM_LANDMARKS
 
 __all__ = ["GT_FORMAT", "GroundTruthError", "KneeTruth", "GroundTruth", "read_ground_truth", "write_ground_truth",
@@ -150,15 +150,6 @@ def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
 def write_ground_truth(gt: GroundTruth, path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename); the image path is stored relative to the JSON's folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(gt.to_dict(relative_to=path.parent), indent=1, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
 

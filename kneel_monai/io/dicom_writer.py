@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write
+
 __all__ = ["TRANSFER_SYNTAXES", "SOP_CLASSES", "write_dicom", "dicom_uid"]
 
 #: writer name → transfer syntax UID
@@ -372,16 +374,4 @@ def write_dicom(
     if written_ts is not None:  # (an override may name a syntax pydicom doesn't know)
         ds.is_implicit_VR = str(written_ts) == "1.2.840.10008.1.2"
 
-    # ---- atomic write: a temporary file in the same folder, then os.replace
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pydicom.dcmwrite(tmp, ds, write_like_original=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda tmp: pydicom.dcmwrite(str(tmp), ds, write_like_original=False))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .anatomy import build_knee_anatomy
 from .render import KneePose, RenderSettings, render_radiograph
 from .shape_model import ShapeModel, load_shape_model, sample_knee_shape
@@ -307,20 +307,6 @@ def ground_truth_dict(sample: SyntheticRadiograph, image_name: str | None = None
     return out
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give them the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def to_uint(image: np.ndarray, bits: int) -> np.ndarray:
     """[0, 1] display image → unsigned integers on ``bits`` bits (uint8 for ≤ 8 bits, else uint16)."""
     top = (1 << int(bits)) - 1
@@ -358,7 +344,7 @@ def write_radiograph(
         def _png(tmp: Path) -> None:
             Image.fromarray(arr).save(tmp, format="PNG", dpi=dpi, compress_level=3)
 
-        _atomic_write_bytes(img_path, _png)
+        atomic_write(img_path, _png)
     elif fmt in ("dcm", "dicom"):
         from ..io.dicom_writer import write_dicom
 
@@ -371,12 +357,12 @@ def write_radiograph(
         opts.setdefault("patient_id", f"SYNTHETIC-{sample.seed}")
         opts.setdefault("uid_seed", f"kneel-synthetic-{sample.seed}")
         pixels = to_uint(sample.image, bits)
-        _atomic_write_bytes(img_path, lambda tmp: write_dicom(tmp, pixels, sample.pixel_spacing_mm, bits_stored=bits, **opts))
+        atomic_write(img_path, lambda tmp: write_dicom(tmp, pixels, sample.pixel_spacing_mm, bits_stored=bits, **opts))
     else:
         raise ValueError(f"fmt must be 'dcm' or 'png', got {fmt!r}")
     json_path = out / f"{stem}.json"
     text = json.dumps(ground_truth_dict(sample, img_path.name), indent=1, allow_nan=False) + "\n"
-    _atomic_write_bytes(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return img_path, json_path
 
 
@@ -478,5 +464,5 @@ def generate_dataset(
     }
     path = out / "dataset.json"
     text = json.dumps(index, indent=1, allow_nan=False) + "\n"
-    _atomic_write_bytes(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_text
+
 __all__ = [
     "CSV_SPACING_MM",
     "KL_GRADES",
@@ -200,11 +202,7 @@ class ShapeModel:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_json_dict(), indent=1) + "\n")
 
 
 def aligned_csv_shapes(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 
-from .points import affine_of, transform_points
+from .points import affine_of
 
 __all__ = ["RandLandmarkWarpd", "RandCutoutd", "RandKneelIntensityd", "RandTargetJitterd", "warp_image"]
 
