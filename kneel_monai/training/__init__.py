@@ -1,0 +1,26 @@
+"""Training: MONAI engines with the paper's mixup iteration, stage geometry, datasets, export."""
+
+from .engine import (
+    MixupIteration,
+    build_evaluator,
+    build_trainer,
+    latest_checkpoint,
+    prepare_landmark_batch,
+    transfer_weights,
+)
+from .stages import STAGES, StageConfig, export_stage_model, stage_config, stage_datasets, stage_loaders
+
+__all__ = [
+    "MixupIteration",
+    "build_evaluator",
+    "build_trainer",
+    "latest_checkpoint",
+    "prepare_landmark_batch",
+    "transfer_weights",
+    "STAGES",
+    "StageConfig",
+    "export_stage_model",
+    "stage_config",
+    "stage_datasets",
+    "stage_loaders",
+]

@@ -1,0 +1,114 @@
+"""The two training stages as objects a bundle config (or a script) wires together.
+
+``StageConfig`` holds what differs between the ROI and the landmark stage and between the
+paper's settings and the small CPU settings the shipped weights use; :func:`stage_datasets`
+turns a datalist into MONAI datasets (deterministic steps cached), :func:`export_stage_model`
+writes the trained network in the project's model format with its preprocessing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset
+
+from ..data.datalists import read_datalist, split_folds
+from ..data.pipelines import landmark_stage_transforms, roi_stage_transforms
+from ..model_io import save_model
+
+__all__ = ["StageConfig", "STAGES", "stage_config", "stage_datasets", "stage_loaders", "export_stage_model"]
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Geometry of one stage: what the network sees."""
+
+    task: str  # "roi" or "landmarks"
+    spacing_mm: float
+    pad_size: int
+    crop_size: int
+    roi_size_mm: float = 140.0  # landmarks only
+    out_points: int = 16
+    subset: str | None = "model_selection"  # validation PCK subset
+    key_radius_mm: float = 2.5
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        pre = {"spacing_mm": self.spacing_mm, "pad_size": self.pad_size, "crop_size": self.crop_size,
+               "intensity": {"kind": "percentile", "lower": 5, "upper": 99}}
+        if self.task == "landmarks":
+            pre["roi_size_mm"] = self.roi_size_mm
+        return pre
+
+
+#: SPEC §2/§4 geometry (paper and release) and the reduced CPU geometry of the shipped weights:
+#: same fields of view, pixels twice as large.
+STAGES: dict[str, StageConfig] = {
+    "roi": StageConfig("roi", 1.0, 520, 450, out_points=1, subset=None, key_radius_mm=10.0),
+    "landmarks": StageConfig("landmarks", 0.3, 520, 450),
+    "roi_cpu": StageConfig("roi", 2.0, 260, 224, out_points=1, subset=None, key_radius_mm=10.0),
+    "landmarks_cpu": StageConfig("landmarks", 0.6, 260, 224),
+}
+
+
+def stage_config(name: str) -> StageConfig:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; choose one of {sorted(STAGES)}")
+    return STAGES[name]
+
+
+def _transforms(stage: StageConfig, train: bool):
+    if stage.task == "roi":
+        return roi_stage_transforms(train, spacing_mm=stage.spacing_mm, pad=stage.pad_size, crop=stage.crop_size)
+    return landmark_stage_transforms(train, size_mm=stage.roi_size_mm, spacing_mm=stage.spacing_mm,
+                                     pad=stage.pad_size, crop=stage.crop_size)
+
+
+def stage_datasets(datalist: str | os.PathLike, stage: str | StageConfig, fold: int = 0, cache: bool = True,
+                   num_workers: int = 0, max_items: int | None = None) -> tuple[Dataset, Dataset]:
+    """Training and validation datasets of one cross-validation fold.
+
+    With ``cache``, everything up to the first random transform (reading, normalising,
+    resampling, the ROI crop) is computed once and kept in memory (``CacheDataset``).
+    """
+    stage = stage_config(stage) if isinstance(stage, str) else stage
+    data = read_datalist(datalist)
+    expected = "roi" if stage.task == "roi" else "landmarks"
+    if data["stage"] != expected:
+        raise ValueError(f"{datalist}: a {data['stage']!r} datalist given to the {stage.task!r} stage")
+    train_items, val_items = split_folds(data["items"], fold)
+    if max_items is not None:
+        train_items, val_items = train_items[:max_items], val_items[:max_items]
+    if not train_items or not val_items:
+        raise ValueError(f"{datalist}: fold {fold} leaves {len(train_items)} training and {len(val_items)} "
+                         "validation items; need both")
+    make = (lambda items, t: CacheDataset(items, t, num_workers=num_workers, progress=True)) if cache else Dataset
+    return make(train_items, _transforms(stage, True)), make(val_items, _transforms(stage, False))
+
+
+def stage_loaders(train_ds: Dataset, val_ds: Dataset, batch_size: int = 16, num_workers: int = 0,
+                  seed: int = 42) -> tuple[DataLoader, DataLoader]:
+    """Shuffled training loader (the ROI stage's two halves per radiograph are flattened) and validation loader."""
+    g = torch.Generator().manual_seed(seed)
+    return (DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, generator=g,
+                       drop_last=len(train_ds) > batch_size),
+            DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers))
+
+
+def export_stage_model(checkpoint: str | os.PathLike | list, network_args: dict[str, Any],
+                       stage: str | StageConfig, out_dir: str | os.PathLike, provenance: dict[str, Any] | None = None,
+                       dtype: torch.dtype | None = torch.float16, preset: str | None = None) -> Path:
+    """Write trained weights (one checkpoint per fold) as a project model directory."""
+    stage = stage_config(stage) if isinstance(stage, str) else stage
+    paths = checkpoint if isinstance(checkpoint, list) else [checkpoint]
+    state_dicts = []
+    for path in paths:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        state_dicts.append(payload.get("network", payload))
+    prov = {"stage": asdict(stage), **(provenance or {})}
+    return save_model(out_dir, stage.task, dict(network_args, out_points=stage.out_points), state_dicts,
+                      stage.preprocessing, prov, preset=preset, dtype=dtype)
