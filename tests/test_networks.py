@@ -195,3 +195,11 @@ def test_fused_and_channels_last_network_equals_eager():
     torch.testing.assert_close(fast, expected, atol=1e-5, rtol=0)
     # the original is untouched (still has its BatchNorms)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+def test_hparams_rebuild_the_same_network():
+    net = build_network("release", out_points=1, width=8, depth=2)
+    again = KneelHourglassNet(**net.hparams)
+    again.load_state_dict(net.state_dict())
+    assert net.hparams["inner_block"] == "bottleneck" and net.hparams["out_points"] == 1
+    assert count_parameters(again) == count_parameters(net)

@@ -133,6 +133,11 @@ class KneelHourglassNet(nn.Module):
                 f"unknown coordinate_convention {coordinate_convention!r}; choose one of {COORDINATE_CONVENTIONS}"
             )
         self.in_channels, self.out_points, self.depth = in_channels, out_points, depth
+        #: the complete constructor arguments: what a model file needs to rebuild this network
+        self.hparams = dict(in_channels=in_channels, out_points=out_points, width=width, depth=depth, block=block,
+                            inner_block=inner_block, upsample_mode=upsample_mode,
+                            pointwise_kernel_size=pointwise_kernel_size, bias=bias, dropout=dropout, beta=beta,
+                            coordinate_convention=coordinate_convention)
         n, k = width, pointwise_kernel_size
 
         def make(cin: int, cout: int) -> nn.Module:

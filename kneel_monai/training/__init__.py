@@ -8,7 +8,15 @@ from .engine import (
     prepare_landmark_batch,
     transfer_weights,
 )
-from .stages import STAGES, StageConfig, export_stage_model, stage_config, stage_datasets, stage_loaders
+from .stages import (
+    STAGES,
+    StageConfig,
+    export_stage_model,
+    prepare_datalist,
+    stage_config,
+    stage_datasets,
+    stage_loaders,
+)
 
 __all__ = [
     "MixupIteration",
@@ -20,6 +28,7 @@ __all__ = [
     "STAGES",
     "StageConfig",
     "export_stage_model",
+    "prepare_datalist",
     "stage_config",
     "stage_datasets",
     "stage_loaders",

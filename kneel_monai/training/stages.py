@@ -112,3 +112,39 @@ def export_stage_model(checkpoint: str | os.PathLike | list, network_args: dict[
     prov = {"stage": asdict(stage), **(provenance or {})}
     return save_model(out_dir, stage.task, dict(network_args, out_points=stage.out_points), state_dicts,
                       stage.preprocessing, prov, preset=preset, dtype=dtype)
+
+
+def prepare_datalist(dataset_dir: str | os.PathLike | None, work_dir: str | os.PathLike, task: str,
+                     synthetic_count: int = 24, synthetic_seed: int = 0, n_folds: int = 5, seed: int = 42) -> Path:
+    """The datalist a training run uses, for ``task`` ``"roi"`` or ``"landmarks"``.
+
+    * ``dataset_dir`` holding ``roi_datalist.json`` / ``landmark_datalist.json`` (the output of
+      ``kneel build-datalists`` or ``kneel build-oai``): used as it is;
+    * ``dataset_dir`` holding radiographs + ground-truth JSONs: datalists are built into ``work_dir``;
+    * ``dataset_dir`` empty/None: a small **synthetic** set of ``synthetic_count`` radiographs is
+      generated into ``work_dir`` first (so training runs on a fresh machine with no data).
+    """
+    from ..data.datalists import build_datalists
+
+    name = "roi_datalist.json" if task == "roi" else "landmark_datalist.json"
+    work_dir = Path(work_dir)
+    if dataset_dir:
+        root = Path(dataset_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset_dir {root}: not a folder")
+        if (root / name).is_file():
+            return root / name
+    else:
+        from ..synthetic.generate import generate_dataset
+
+        root = work_dir / "synthetic"
+        if not (root / "dataset.json").is_file():
+            generate_dataset(root, synthetic_count, seed=synthetic_seed, fmt="dcm", progress=True)
+    out = work_dir / "datalists"
+    if not (out / name).is_file():
+        lists = build_datalists(root, n_folds=n_folds, seed=seed)
+        if not lists.landmarks:
+            raise ValueError(f"{root}: no usable radiograph with ground truth; skipped: "
+                             + "; ".join(b["reason"] for b in lists.bad_files[:5]))
+        lists.write(out)
+    return out / name
