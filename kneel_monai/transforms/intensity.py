@@ -27,8 +27,8 @@ class PercentileNormalise(Transform):
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
         flat = x.float().flatten()
-        if flat.numel() > 4_000_000:  # quantiles of a subsample: same answer to <0.1 %, 10× faster
-            flat = flat[:: flat.numel() // 2_000_000]
+        if flat.numel() > 1_000_000:  # quantiles of a regular subsample: same answer to <0.1 %, far faster
+            flat = flat[:: flat.numel() // 500_000]
         lo, hi = torch.quantile(flat, torch.tensor([self.lower, self.upper])).tolist()
         if hi <= lo:
             lo, hi = float(x.min()), float(x.max())
