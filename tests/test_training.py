@@ -10,6 +10,7 @@ from kneel_monai.model_io import load_model
 from kneel_monai.networks import KneelHourglassNet
 from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph
 from kneel_monai.training import (
+    STAGES,
     build_evaluator,
     build_trainer,
     export_stage_model,
@@ -19,7 +20,7 @@ from kneel_monai.training import (
     transfer_weights,
 )
 
-NET = dict(in_channels=1, width=8, depth=3)
+NET = dict(in_channels=1, width=8, depth=2)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,9 @@ def make_trainer(stage, lists, out, max_epochs, points):
     train_loader, val_loader = stage_loaders(train_ds, val_ds, batch_size=2)
     torch.manual_seed(0)
     net = KneelHourglassNet(out_points=points, **NET)
-    evaluator = build_evaluator(net, val_loader, "cpu", out, spacing_mm=0.6, image_size=(224, 224),
+    geometry = STAGES[stage]
+    evaluator = build_evaluator(net, val_loader, "cpu", out, spacing_mm=geometry.spacing_mm,
+                                image_size=(geometry.crop_size, geometry.crop_size),
                                 subset="model_selection" if points == 16 else None)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     trainer = build_trainer(net, train_loader, evaluator, "cpu", out, max_epochs, WingLoss(), optimizer,

@@ -46,11 +46,12 @@ class StageConfig:
 
 
 #: SPEC §2/§4 geometry (paper and release) and the reduced CPU geometry of the shipped weights:
-#: same fields of view, pixels twice as large.
+#: same fields of view with larger pixels (landmarks 0.6 mm instead of 0.3; knee centres 4 mm instead of 1).
 STAGES: dict[str, StageConfig] = {
     "roi": StageConfig("roi", 1.0, 520, 450, out_points=1, subset=None, key_radius_mm=10.0),
     "landmarks": StageConfig("landmarks", 0.3, 520, 450),
-    "roi_cpu": StageConfig("roi", 2.0, 260, 224, out_points=1, subset=None, key_radius_mm=10.0),
+    # the knee centre needs ~10 mm, not 1 mm: 4 mm pixels keep the half-image field of view at 1/16 of the cost
+    "roi_cpu": StageConfig("roi", 4.0, 130, 112, out_points=1, subset=None, key_radius_mm=10.0),
     "landmarks_cpu": StageConfig("landmarks", 0.6, 260, 224),
 }
 
