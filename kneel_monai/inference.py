@@ -30,7 +30,7 @@ from .networks import prepare_for_inference
 from .transforms import CropRoi, PercentileNormalise, ResampleToSpacing, SplitHalves, points_between, points_to_mm
 from .transforms.dictionary import SIDES
 
-__all__ = ["KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence"]
+__all__ = ["KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device"]
 
 
 @dataclass
@@ -70,6 +70,15 @@ class RadiographResult:
                 "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; asking for CUDA without one is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but no CUDA GPU is available to torch")
+    return torch.device(device)
+
+
 def heatmap_confidence(heatmaps: torch.Tensor, coords: torch.Tensor, beta: float = 1.0, radius: int = 1) -> torch.Tensor:
     """Per-landmark confidence: the softmax probability mass within ``radius`` heat-map pixels of the prediction.
 
@@ -87,11 +96,6 @@ def heatmap_confidence(heatmaps: torch.Tensor, coords: torch.Tensor, beta: float
     return (prob * window).sum(dim=(-2, -1)).clamp(0, 1)
 
 
-def _pixel_offset(network) -> float:
-    """Normalised → pixel: ``x · W − offset`` (pixel-centred networks 0.5, release 0.0)."""
-    return 0.5 if network.soft_argmax.convention == "pixel_center" else 0.0
-
-
 class KneelPredictor:
     """Two-stage landmark localisation with refinement, on any radiograph the reader accepts.
 
@@ -105,11 +109,7 @@ class KneelPredictor:
 
     def __init__(self, roi_model: KneelModel | str | os.PathLike, landmark_model: KneelModel | str | os.PathLike,
                  device: str = "auto", refine: bool = True, min_confidence: float = 0.05, fast: bool = True) -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' asked for, but no CUDA GPU is available to torch")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.roi = roi_model if isinstance(roi_model, KneelModel) else load_model(roi_model, self.device)
         self.landmarks = landmark_model if isinstance(landmark_model, KneelModel) else load_model(landmark_model,
                                                                                                     self.device)
@@ -129,20 +129,6 @@ class KneelPredictor:
         return cls(roi_dir, landmark_dir, **kwargs)
 
     # ---- network input and output
-    def _input(self, crops: list[MetaTensor], model: KneelModel) -> torch.Tensor:
-        x = torch.stack([c.as_tensor() for c in crops]).float()
-        intensity = model.preprocessing["intensity"]
-        channels = model.networks[0].in_channels
-        if intensity["kind"] == "release_mean_std":  # the release: 0-255 scale, 3 channels, standardised
-            x = x * 255.0
-            x = x.expand(-1, channels, -1, -1)
-            mean = torch.tensor(intensity["mean"][:channels]).view(1, -1, 1, 1)
-            std = torch.tensor(intensity["std"][:channels]).view(1, -1, 1, 1)
-            x = (x - mean) / std
-        elif channels != 1:
-            x = x.expand(-1, channels, -1, -1)
-        return x.contiguous(memory_format=torch.channels_last).to(self.device)
-
     @torch.inference_mode()
     def _run(self, nets: list, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Fold-averaged coordinates (B, M, 2) normalised and confidences (B, M)."""
@@ -168,17 +154,17 @@ class KneelPredictor:
         """Stage 1: the knee-joint centre of each image half, original pixels, and its confidence."""
         low = ResampleToSpacing(float(self.roi.preprocessing["spacing_mm"]))(image)
         halves = [self._pad_crop(h, self.roi) for h in SplitHalves()(low)]
-        coords, conf = self._run(self._roi_nets, self._input(halves, self.roi))
-        offset = _pixel_offset(self._roi_nets[0])
-        centres = {s: self._to_original(coords[i], halves[i], image, offset)[0] for i, s in enumerate(SIDES)}
+        coords, conf = self._run(self._roi_nets, self.roi.network_input(halves, self.device))
+        centres = {s: self._to_original(coords[i], halves[i], image, self.roi.pixel_offset)[0]
+                   for i, s in enumerate(SIDES)}
         return centres, {s: float(conf[i, 0]) for i, s in enumerate(SIDES)}
 
     def knee_landmarks(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Stage 2 around the given centres: ``{side: (landmarks (16, 2) original px, confidence (16,))}``."""
         sides = list(centres)
         crops = [self._pad_crop(self._roi_crop(image, centres[s], mirror=s == "L"), self.landmarks) for s in sides]
-        coords, conf = self._run(self._lm_nets, self._input(crops, self.landmarks))
-        offset = _pixel_offset(self._lm_nets[0])
+        coords, conf = self._run(self._lm_nets, self.landmarks.network_input(crops, self.device))
+        offset = self.landmarks.pixel_offset
         return {s: (self._to_original(coords[i], crops[i], image, offset), conf[i]) for i, s in enumerate(sides)}
 
     def predict_image(self, image: MetaTensor, path: str = "") -> RadiographResult:

@@ -67,6 +67,29 @@ class KneelModel:
     path: Path | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def pixel_offset(self) -> float:
+        """Normalised → pixel: ``x_px = x · W − offset`` (pixel-centred networks 0.5, the release's i/W 0)."""
+        return 0.5 if self.networks[0].soft_argmax.convention == "pixel_center" else 0.0
+
+    def network_input(self, images, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Stack ``(1, H, W)`` images in [0, 1] into the ``(B, C, H, W)`` input this model expects.
+
+        ``release_mean_std`` models get the release's 0–255 scale, grey replicated to their input
+        channels and standardised with the release's mean/std.
+        """
+        x = torch.stack([im.as_tensor() if hasattr(im, "as_tensor") else torch.as_tensor(im) for im in images]).float()
+        channels = self.networks[0].in_channels
+        intensity = self.preprocessing["intensity"]
+        if intensity["kind"] == "release_mean_std":
+            x = (x * 255.0).expand(-1, channels, -1, -1)
+            mean = torch.tensor(intensity["mean"][:channels], dtype=x.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(intensity["std"][:channels], dtype=x.dtype).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        elif channels != 1:
+            x = x.expand(-1, channels, -1, -1)
+        return x.contiguous(memory_format=torch.channels_last).to(device)
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Fold-averaged coordinates ``(B, M, 2)`` in [0, 1] for a preprocessed batch ``(B, C, H, W)``."""

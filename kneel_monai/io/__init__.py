@@ -4,6 +4,7 @@ See ``docs/reading.md`` for the conventions, the spacing precedence and the erro
 """
 
 from .dicom_writer import SOP_CLASSES, TRANSFER_SYNTAXES, dicom_uid, write_dicom
+from .markups import read_markups, write_markups
 from .reading import (
     SPACING_SOURCES,
     LoadRadiograph,
@@ -28,4 +29,6 @@ __all__ = [
     "dicom_uid",
     "TRANSFER_SYNTAXES",
     "SOP_CLASSES",
+    "write_markups",
+    "read_markups",
 ]

@@ -20,7 +20,7 @@ from ..data.datalists import read_datalist, split_folds
 from ..data.pipelines import landmark_stage_transforms, roi_stage_transforms
 from ..model_io import save_model
 
-__all__ = ["StageConfig", "STAGES", "stage_config", "stage_datasets", "stage_loaders", "export_stage_model"]
+__all__ = ["StageConfig", "STAGES", "stage_config", "stage_transforms", "stage_datasets", "stage_loaders", "export_stage_model"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def stage_config(name: str) -> StageConfig:
     return STAGES[name]
 
 
-def _transforms(stage: StageConfig, train: bool):
+def stage_transforms(stage: StageConfig, train: bool):
+    """The stage's transform chain (training or evaluation)."""
     if stage.task == "roi":
         return roi_stage_transforms(train, spacing_mm=stage.spacing_mm, pad=stage.pad_size, crop=stage.crop_size)
     return landmark_stage_transforms(train, size_mm=stage.roi_size_mm, spacing_mm=stage.spacing_mm,
@@ -88,7 +89,7 @@ def stage_datasets(datalist: str | os.PathLike, stage: str | StageConfig, fold: 
         raise ValueError(f"{datalist}: fold {fold} leaves {len(train_items)} training and {len(val_items)} "
                          "validation items; need both")
     make = (lambda items, t: CacheDataset(items, t, num_workers=num_workers, progress=True)) if cache else Dataset
-    return make(train_items, _transforms(stage, True)), make(val_items, _transforms(stage, False))
+    return make(train_items, stage_transforms(stage, True)), make(val_items, stage_transforms(stage, False))
 
 
 def stage_loaders(train_ds: Dataset, val_ds: Dataset, batch_size: int = 16, num_workers: int = 0,

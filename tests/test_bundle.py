@@ -1,0 +1,291 @@
+"""The MONAI bundle through its configs: train, resume, transfer, evaluate, infer, export, torchrun.
+
+Everything runs on a few small synthetic radiographs and width-8 networks; the configs are the
+ones shipped in ``bundles/kneel_landmarks/configs``, run with MONAI's ``ConfigWorkflow`` (the
+engine behind ``python -m monai.bundle run``) or, for multi-process training, ``torchrun``.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, shared_dir
+from monai.bundle import ConfigWorkflow, ckpt_export
+from monai.data import load_net_with_metadata
+
+from kneel_monai.data import build_datalists
+from kneel_monai.data.datalists import read_datalist
+from kneel_monai.inference import KneelPredictor
+from kneel_monai.io import read_radiograph
+from kneel_monai.metrics import landmark_errors_mm
+from kneel_monai.model_io import load_model, save_model
+from kneel_monai.networks import build_network
+from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph
+from kneel_monai.training import STAGES, latest_checkpoint
+from kneel_monai.transforms import PercentileNormalise
+
+BUNDLE = REPO_ROOT / "bundles" / "kneel_landmarks"
+CONFIGS = BUNDLE / "configs"
+NET = {"preset": "paper", "width": 8, "depth": 3}
+TINY = dict(stage="landmarks_cpu", max_epochs=1, epoch_length=2, batch_size=2, cache=False, network_args=NET)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def workflow(names, run_id, **override) -> ConfigWorkflow:
+    return ConfigWorkflow(config_file=[str(CONFIGS / f"{n}.json") for n in names],
+                          meta_file=str(CONFIGS / "metadata.json"), logging_file=False, run_id=run_id,
+                          workflow_type=None, **override)
+
+
+def run(names, run_id, **override) -> ConfigWorkflow:
+    wf = workflow(names, run_id, **override)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def messages(err: BaseException) -> str:
+    """The messages of an exception and of everything it was raised from."""
+    out = []
+    while err is not None:
+        out.append(str(err))
+        err = err.__cause__ or err.__context__
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Width-8 networks gain nothing from threads, and 2 threads beside another busy process are far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """4 small synthetic radiographs (8 knees) and their datalists with 2 folds."""
+    root = tmp_path_factory.mktemp("bundle_data")
+    for seed in range(4):
+        write_radiograph(generate_radiograph(seed, spacing_mm=0.5, size=(700, 880)), root / "images", f"r{seed}")
+    lists = build_datalists(root / "images", n_folds=2, progress=False)
+    assert not lists.bad_files
+    lists.write(root / "lists")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Untrained width-8 ROI and landmark models in the project's format (CPU geometry)."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    for seed, (name, stage) in enumerate((("roi", "roi_cpu"), ("landmarks", "landmarks_cpu"))):
+        torch.manual_seed(seed)
+        cfg = STAGES[stage]
+        net = build_network(out_points=cfg.out_points, **NET)
+        save_model(root / name, cfg.task, net.hparams, [net.state_dict()], cfg.preprocessing, {"test": "untrained"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    """One epoch of 2 iterations through train.json."""
+    root = tmp_path_factory.mktemp("bundle_root")
+    torch.manual_seed(0)
+    wf = run(["train"], "training", bundle_root=str(root), dataset_dir=str(dataset / "lists"), **TINY)
+    return root, wf.parser.get_parsed_content("trainer")
+
+
+@pytest.fixture(scope="module")
+def markups_schema():
+    path = shared_dir() / "slicer" / "markups-schema-v1.0.3.json"
+    if not path.is_file():
+        message = f"Slicer markups schema not found at {path} (set KNEEL_SHARED_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_metadata_describes_both_models():
+    meta = json.loads((CONFIGS / "metadata.json").read_text(encoding="utf-8"))
+    for key in ("schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+                "optional_packages_version", "name", "task", "description", "authors", "copyright",
+                "data_source", "data_type", "image_classes", "label_classes", "pred_classes", "intended_use",
+                "references", "network_data_format"):
+        assert key in meta, key
+    assert meta["version"] == "0.1.0" and meta["version"] in meta["changelog"]
+    assert any("1907.12237" in r for r in meta["references"])
+    for name, points in (("landmarks", 16), ("roi", 1)):
+        fmt = meta["kneel_models"][name]["network_data_format"]
+        assert fmt["inputs"]["image"]["num_channels"] == 1 and fmt["inputs"]["image"]["spatial_shape"] == [224, 224]
+        assert fmt["outputs"]["coordinates"]["spatial_shape"] == [points, 2]
+        assert meta["kneel_models"][name]["paper_geometry"]["spatial_shape"] == [450, 450]
+    assert meta["network_data_format"] == meta["kneel_models"]["landmarks"]["network_data_format"]
+
+
+def test_train_then_resume_continues_the_epoch_count(trained, dataset):
+    root, trainer = trained
+    assert trainer.state.epoch == 1 and trainer.state.iteration == 2
+    out = root / "runs" / "landmarks_cpu_fold0"
+    assert (out / "best.pt").is_file() and latest_checkpoint(out).endswith("=1.pt")
+    model = load_model(root / "runs" / "model_landmarks_cpu")
+    assert model.task == "landmarks" and model.preprocessing["crop_size"] == 224
+
+    wf = run(["train"], "training", bundle_root=str(root), dataset_dir=str(dataset / "lists"),
+             **{**TINY, "max_epochs": 2})
+    resumed = wf.parser.get_parsed_content("trainer")
+    assert resumed.state.epoch == 2 and resumed.state.iteration == 4
+    assert latest_checkpoint(out).endswith("=2.pt")
+
+
+def test_init_from_transfers_all_layers_but_the_last(tiny_models, dataset, tmp_path):
+    wf = workflow(["train"], "training", bundle_root=str(tmp_path), dataset_dir=str(dataset / "lists"),
+                  init_from=str(tiny_models / "roi"), **TINY)
+    wf.initialize()
+    copied = wf.parser.get_parsed_content("transfer")
+    network = wf.parser.get_parsed_content("network")
+    source = load_model(tiny_models / "roi").networks[0].state_dict()
+    own = network.state_dict()
+    assert len(copied) == len(own) - 2 and not any(k.startswith("out_conv.") for k in copied)
+    for key in copied:
+        torch.testing.assert_close(own[key], source[key])
+    assert own["out_conv.weight"].shape[0] == 16
+
+
+def test_bad_overrides_fail_before_training(dataset, tmp_path):
+    wf = workflow(["train"], "training", bundle_root=str(tmp_path), dataset_dir=str(dataset / "lists"),
+                  **{**TINY, "stage": "knees"})
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+    assert "unknown stage 'knees'" in messages(info.value)
+
+    wf = workflow(["train"], "training", bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "no_such_folder"),
+                  **TINY)
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+    assert "no_such_folder: not a folder" in messages(info.value)
+    assert not (tmp_path / "runs").exists()  # nothing was trained or written
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_evaluate_writes_the_papers_tables(tiny_models, dataset, tmp_path):
+    lists = dataset / "lists"
+    wf = run(["train", "evaluate"], "evaluating", bundle_root=str(tmp_path), dataset_dir=str(lists),
+             stage="landmarks_cpu", model_dir=str(tiny_models / "landmarks"), eval_fold="all")
+    summary = wf.parser.get_parsed_content("evaluation")
+    out = tmp_path / "runs" / "landmarks_cpu_fold0" / "eval"
+    items = read_datalist(lists / "landmark_datalist.json")["items"]
+    assert summary["n_knees"] == len(items) == 8
+    for subset in ("model_selection", "test"):
+        rows = read_csv(out / f"pck_{subset}.csv")
+        assert [r["setting"] for r in rows] == ["all", "KL0", "KL1", "KL2", "KL3", "KL4"]
+        assert int(rows[0]["n_knees"]) == 8 and sum(int(r["n_knees"]) for r in rows[1:]) == 8
+        assert {"1 mm mean", "2.5 mm std", "tibia 2 mm", "femur 1.5 mm", "% out"} <= set(rows[0])
+        markdown = (out / f"pck_{subset}.md").read_text(encoding="utf-8").splitlines()
+        assert markdown[0] == "| setting | 1 mm | 1.5 mm | 2 mm | 2.5 mm | % out |" and len(markdown) == 8
+        assert (out / f"ced_{subset}.png").read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["n_knees"] == 8
+
+    # the errors are those of the same network placed by the predictor's own geometry on the true centres
+    predictor = KneelPredictor(tiny_models / "roi", tiny_models / "landmarks", device="cpu", refine=False,
+                               fast=False)
+    by_knee = {(r["image"], r["side"]): np.array([float(r[f"error_mm_{i}"]) for i in range(16)])
+               for r in read_csv(out / "errors.csv")}
+    for image_path in sorted({i["image"] for i in items}):
+        knees = {i["side"]: np.asarray(i["landmarks_px"]) for i in items if i["image"] == image_path}
+        image = read_radiograph(image_path)
+        found = predictor.knee_landmarks(PercentileNormalise(5, 99)(image), {s: p[4] for s, p in knees.items()})
+        spacing = np.array([[image.affine[1, 1].item(), image.affine[0, 0].item()]])
+        for side, truth in knees.items():
+            expected = landmark_errors_mm(found[side][0][None], truth[None], spacing)[0]
+            np.testing.assert_allclose(by_knee[(image_path, side)], expected, atol=1e-3)
+
+
+def test_evaluate_pipeline_on_radiographs(tiny_models, dataset, tmp_path):
+    wf = run(["train", "evaluate"], "evaluating_pipeline", bundle_root=str(tmp_path),
+             dataset_dir=str(dataset / "lists"), model_dir=str(tiny_models / "landmarks"),
+             roi_model_dir=str(tiny_models / "roi"), eval_fold="all", eval_max_items=1, min_confidence=0.0,
+             device="$torch.device('cpu')")
+    summary = wf.parser.get_parsed_content("pipeline_evaluation")
+    out = tmp_path / "runs" / "landmarks_fold0" / "eval" / "pipeline"
+    assert summary["kind"] == "pipeline" and summary["refine"] is True and summary["n_knees"] == 2
+    rows = read_csv(out / "errors.csv")
+    assert len(rows) == 2 and {r["side"] for r in rows} == {"R", "L"}
+    assert summary["missed_knees"] == sum(r["found"] == "False" for r in rows)
+    assert [r["setting"] for r in read_csv(out / "pck_test.csv")][0] == "all"
+    assert (out / "ced_test.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_inference_writes_json_png_and_markups(tiny_models, dataset, tmp_path, markups_schema):
+    jsonschema = pytest.importorskip("jsonschema")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(dataset / "images" / "r0.dcm", inputs / "r0.dcm")
+    (inputs / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"not a data set")
+    (inputs / "notes.txt").write_text("not an image")
+    wf = run(["inference"], "run", bundle_root=str(tmp_path), input_dir=str(inputs), output_dir=str(tmp_path / "out"),
+             roi_model_dir=str(tiny_models / "roi"), landmark_model_dir=str(tiny_models / "landmarks"),
+             min_confidence=0.0, device="cpu")
+    summary = wf.parser.get_parsed_content("inference")
+    out = tmp_path / "out"
+    assert summary["n_ok"] == 1 and summary["n_failed"] == 1 and "broken.dcm" in summary["failed"][0]["error"]
+    prediction = json.loads((out / "r0.json").read_text(encoding="utf-8"))
+    assert prediction["format"] == "kneel-monai/prediction" and set(prediction["knees"]) == {"R", "L"}
+    assert (out / "r0.png").read_bytes()[:8] == PNG_MAGIC
+    markups = json.loads((out / "r0.mrk.json").read_text(encoding="utf-8"))
+    jsonschema.validate(markups, markups_schema)
+    present = [s for s, k in prediction["knees"].items() if k["present"]]
+    assert len(markups["markups"]) == len(present)
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["n_ok"] == 1
+
+
+def test_ckpt_export_equals_eager(trained, tmp_path):
+    root, _ = trained
+    checkpoint = root / "runs" / "landmarks_cpu_fold0" / "best.pt"
+    ts_path = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(checkpoint),
+                meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "train.json"),
+                key_in_ckpt="network", use_trace=True, converter_kwargs={"check_trace": False},
+                stage="landmarks_cpu", network_args=NET)
+    scripted, meta, extra = load_net_with_metadata(str(ts_path), more_extra_files=("train.json",))
+    assert meta["network_data_format"]["outputs"]["coordinates"]["spatial_shape"] == [16, 2]
+    assert "network_def" in json.loads(extra["train.json"])
+    eager = build_network(out_points=16, **NET)
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    eager.load_state_dict(payload.get("network", payload))  # best.pt holds the bare state dict
+    eager.eval()
+    x = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = eager(x), scripted(x)
+    assert got.shape == (2, 16, 2)
+    assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_torchrun_two_processes_gloo(dataset, tmp_path):
+    configs = str([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(tmp_path),
+               "--stage", "landmarks_cpu", "--dataset_dir", str(dataset / "lists"), "--max_epochs", "1",
+               "--batch_size", "2", "--cache", "False", "--network_args", str(NET)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, check=False, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "runs" / "landmarks_cpu_fold0"
+    last = latest_checkpoint(out)
+    assert last.endswith("=1.pt") and (out / "best.pt").is_file()
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped, loadable anywhere
+    assert state["trainer"]["iteration"] == 1  # 4 training knees, 2 per process, batch 2
+    assert load_model(tmp_path / "runs" / "model_landmarks_cpu").task == "landmarks"
+    assert done.stdout.count("exported") == 1  # only rank 0 exports
