@@ -7,6 +7,7 @@ under CI, where a missing ``shared/`` is an error rather than a silent skip.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,13 +20,28 @@ def shared_dir() -> Path:
     return Path(os.environ.get("KNEEL_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 
-@pytest.fixture(scope="session")
-def release_fixture_dir() -> Path:
-    folder = shared_dir() / "fixtures" / "kneel_original_snapshot"
-    if not (folder / "hc" / "session.pkl").is_file():
-        message = f"release snapshot fixtures not found at {folder} (set KNEEL_SHARED_DIR)"
+def require_shared(relative: str, check: str | None = None) -> Path:
+    """A file or folder of ``shared/``: skip without it, fail under CI (where it must be there)."""
+    path = shared_dir() / relative
+    if not (path / check if check else path).exists():
+        message = f"{path} not found (set KNEEL_SHARED_DIR)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return folder
+    return path
+
+
+@pytest.fixture(scope="session")
+def release_fixture_dir() -> Path:
+    return require_shared("fixtures/kneel_original_snapshot", check="hc/session.pkl")
+
+
+@pytest.fixture(scope="session")
+def markups_schema() -> dict:
+    return json.loads(require_shared("slicer/markups-schema-v1.0.3.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def kneel_csv_path() -> Path:
+    return require_shared("data/kneel_oai_landmarks_0.3mm.csv")
 

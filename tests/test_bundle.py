@@ -102,17 +102,6 @@ def trained(dataset, tmp_path_factory):
     return root, wf.parser.get_parsed_content("trainer")
 
 
-@pytest.fixture(scope="module")
-def markups_schema():
-    path = shared_dir() / "slicer" / "markups-schema-v1.0.3.json"
-    if not path.is_file():
-        message = f"Slicer markups schema not found at {path} (set KNEEL_SHARED_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def test_metadata_describes_both_models():
     meta = json.loads((CONFIGS / "metadata.json").read_text(encoding="utf-8"))
     for key in ("schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",

@@ -1,11 +1,9 @@
 """Slicer markups files: schema-valid, labelled, and positions that round-trip to the pixel."""
 
 import json
-import os
 
 import numpy as np
 import pytest
-from conftest import shared_dir
 
 from kneel_monai.inference import KneeResult, RadiographResult
 from kneel_monai.io.markups import (
@@ -19,17 +17,6 @@ from kneel_monai.io.markups import (
 from kneel_monai.landmarks import LANDMARKS
 
 jsonschema = pytest.importorskip("jsonschema")
-
-
-@pytest.fixture(scope="module")
-def markups_schema():
-    path = shared_dir() / "slicer" / "markups-schema-v1.0.3.json"
-    if not path.is_file():
-        message = f"Slicer markups schema not found at {path} (set KNEEL_SHARED_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def make_result(left_present=True, spacing=(0.143, 0.139), seed=0):

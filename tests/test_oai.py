@@ -1,26 +1,19 @@
 """OAI builder: DICOMs found by PatientID in any layout + the KNEEL CSV → landmarks in original pixels."""
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import shared_dir
 from kneel_monai.data.oai import build_oai_dataset, original_px_to_roi, read_kneel_csv, roi_to_original_px
 from kneel_monai.data.pipelines import landmark_stage_transforms
 from kneel_monai.io import write_dicom
 
 
 @pytest.fixture(scope="module")
-def csv_rows():
-    path = shared_dir() / "data" / "kneel_oai_landmarks_0.3mm.csv"
-    if not path.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{path} not found")
-        pytest.skip(f"{path} not found (set KNEEL_SHARED_DIR)")
-    with open(path, newline="") as fh:
+def csv_rows(kneel_csv_path):
+    with open(kneel_csv_path, newline="") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -37,9 +30,8 @@ def spec_formula(rec, spacing):
     return np.array(out)
 
 
-def test_the_whole_csv_parses_and_round_trips(csv_rows, tmp_path):
-    path = shared_dir() / "data" / "kneel_oai_landmarks_0.3mm.csv"
-    rows, bad = read_kneel_csv(path)
+def test_the_whole_csv_parses_and_round_trips(kneel_csv_path):
+    rows, bad = read_kneel_csv(kneel_csv_path)
     assert len(rows) == 748 and not bad
     for row in rows[:50]:
         px = roi_to_original_px(row, (0.14, 0.15))
