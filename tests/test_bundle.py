@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, shared_dir
+from conftest import REPO_ROOT
 from monai.bundle import ConfigWorkflow, ckpt_export
 from monai.data import load_net_with_metadata
 
