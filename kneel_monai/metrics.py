@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
@@ -444,7 +445,7 @@ def plot_ced(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     if title:
-        ax.set_title(title)
+        ax.set_title("\n".join(textwrap.wrap(title, 60)))  # long titles wrap instead of being cut
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
