@@ -83,5 +83,6 @@ def draw_landmarks_overlay(
             pts = np.asarray(points, dtype=np.float64)
             ax.plot(pts[:, 0], pts[:, 1], "x", color="white", ms=marker * 1.2, mew=0.8)
     if title:
-        ax.text(0.01 * w, 0.99 * h, title, color="white", fontsize=1.5 * font, va="bottom")
+        ax.text(0.01 * w, 0.99 * h, title, color="white", fontsize=1.5 * font, va="bottom",
+                bbox=dict(facecolor="black", alpha=0.6, pad=2, linewidth=0))  # readable on bright borders too
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
