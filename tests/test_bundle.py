@@ -105,7 +105,7 @@ def trained(dataset, tmp_path_factory):
 def test_metadata_describes_both_models():
     meta = json.loads((CONFIGS / "metadata.json").read_text(encoding="utf-8"))
     for key in ("schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-                "optional_packages_version", "name", "task", "description", "authors", "copyright",
+                "required_packages_version", "name", "task", "description", "authors", "copyright",
                 "data_source", "data_type", "image_classes", "label_classes", "pred_classes", "intended_use",
                 "references", "network_data_format"):
         assert key in meta, key
