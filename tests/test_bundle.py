@@ -113,7 +113,9 @@ def test_metadata_describes_both_models():
     assert any("1907.12237" in r for r in meta["references"])
     for name, points in (("landmarks", 16), ("roi", 1)):
         fmt = meta["kneel_models"][name]["network_data_format"]
-        assert fmt["inputs"]["image"]["num_channels"] == 1 and fmt["inputs"]["image"]["spatial_shape"] == [224, 224]
+        # the metadata describes the shipped model files as they are
+        crop = json.loads((CONFIGS.parent / "models" / name / "model.json").read_text())["preprocessing"]["crop_size"]
+        assert fmt["inputs"]["image"]["num_channels"] == 1 and fmt["inputs"]["image"]["spatial_shape"] == [crop, crop]
         assert fmt["outputs"]["coordinates"]["spatial_shape"] == [points, 2]
         assert meta["kneel_models"][name]["paper_geometry"]["spatial_shape"] == [450, 450]
     assert meta["network_data_format"] == meta["kneel_models"]["landmarks"]["network_data_format"]
