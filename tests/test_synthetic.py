@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from kneel_monai.synthetic.generate import (
 )
 from kneel_monai.synthetic.shape_model import (
     aligned_csv_shapes,
-    default_csv_path,
     fit_shape_model,
     joint_space_widths_mm,
     load_shape_model,
@@ -33,14 +31,8 @@ SMALL = {"size": (1000, 1300), "spacing_mm": 0.3}
 
 
 @pytest.fixture(scope="module")
-def csv_path():
-    path = default_csv_path()
-    if not path.is_file():
-        message = f"KNEEL annotation CSV not found at {path} (set KNEEL_SHARED_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+def csv_path(kneel_csv_path):
+    return kneel_csv_path
 
 
 @pytest.fixture(scope="module")
