@@ -217,3 +217,14 @@ def test_samples_batch_with_a_monai_dataloader(cohort):
     roi = DataLoader(Dataset(lists.roi, roi_stage_transforms(train=True)), batch_size=2)
     batch = next(iter(roi))  # each radiograph gives its halves with a knee; the loader flattens them
     assert batch["image"].shape[1:] == (1, 450, 450) and batch["target"].shape[1:] == (1, 2)
+
+
+def test_cutout_is_an_ablation_switch():
+    from kneel_monai.transforms import RandCutoutd
+
+    def has_cutout(chain):
+        return any(isinstance(t, RandCutoutd) for t in chain.transforms)
+
+    assert has_cutout(landmark_stage_transforms(train=True))
+    assert not has_cutout(landmark_stage_transforms(train=True, cutout=0))
+    assert not has_cutout(roi_stage_transforms(train=False))

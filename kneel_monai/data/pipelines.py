@@ -109,7 +109,9 @@ def _tail(train: bool, pad: int, crop: int, cutout: float) -> list:
         CenterSpatialCropd("image", roi_size=(crop, crop))
     chain.append(FollowAffined(cropper, "image", pts))
     if train:
-        chain += [RandCutoutd("image", size_fraction=cutout, prob=0.5), RandKneelIntensityd("image")]
+        if cutout > 0:  # the paper's ablation: cutout 10 % (p 0.5) or none
+            chain.append(RandCutoutd("image", size_fraction=cutout, prob=0.5))
+        chain.append(RandKneelIntensityd("image"))
     chain += [PointsToTargetd(pts, "image", "target"), BatchReadyd()]
     return chain
 

@@ -62,16 +62,18 @@ def stage_config(name: str) -> StageConfig:
     return STAGES[name]
 
 
-def stage_transforms(stage: StageConfig, train: bool):
-    """The stage's transform chain (training or evaluation)."""
+def stage_transforms(stage: StageConfig, train: bool, cutout: float = 0.1):
+    """The stage's transform chain (training or evaluation); ``cutout``: side fraction, 0 turns it off."""
     if stage.task == "roi":
-        return roi_stage_transforms(train, spacing_mm=stage.spacing_mm, pad=stage.pad_size, crop=stage.crop_size)
+        return roi_stage_transforms(train, spacing_mm=stage.spacing_mm, pad=stage.pad_size, crop=stage.crop_size,
+                                    cutout=cutout)
     return landmark_stage_transforms(train, size_mm=stage.roi_size_mm, spacing_mm=stage.spacing_mm,
-                                     pad=stage.pad_size, crop=stage.crop_size)
+                                     pad=stage.pad_size, crop=stage.crop_size, cutout=cutout)
 
 
 def stage_datasets(datalist: str | os.PathLike, stage: str | StageConfig, fold: int = 0, cache: bool = True,
-                   num_workers: int = 0, max_items: int | None = None) -> tuple[Dataset, Dataset]:
+                   num_workers: int = 0, max_items: int | None = None, cutout: float = 0.1
+                   ) -> tuple[Dataset, Dataset]:
     """Training and validation datasets of one cross-validation fold.
 
     With ``cache``, everything up to the first random transform (reading, normalising,
@@ -89,7 +91,7 @@ def stage_datasets(datalist: str | os.PathLike, stage: str | StageConfig, fold: 
         raise ValueError(f"{datalist}: fold {fold} leaves {len(train_items)} training and {len(val_items)} "
                          "validation items; need both")
     make = (lambda items, t: CacheDataset(items, t, num_workers=num_workers, progress=True)) if cache else Dataset
-    return make(train_items, stage_transforms(stage, True)), make(val_items, stage_transforms(stage, False))
+    return make(train_items, stage_transforms(stage, True, cutout)), make(val_items, stage_transforms(stage, False))
 
 
 def stage_loaders(train_ds: Dataset, val_ds: Dataset, batch_size: int = 16, num_workers: int = 0,
