@@ -22,6 +22,7 @@ from typing import Any
 
 from .atomic import atomic_write_text
 from .io import read_radiograph
+from .io.reading import has_dicom_preamble
 from .io.markups import write_markups
 from .visualize import draw_landmarks_overlay
 
@@ -39,7 +40,7 @@ def _is_dicom(path: Path) -> bool:
             head = fh.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:] == b"DICM"
+    return has_dicom_preamble(head)
 
 
 def _image_suffix(path: Path) -> str:

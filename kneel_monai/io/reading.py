@@ -159,6 +159,11 @@ def _check_file(path: Path) -> None:
         raise RadiographReadError(path, "empty file (0 bytes)")
 
 
+def has_dicom_preamble(head: bytes) -> bool:
+    """Whether a file's first 132 bytes are a DICOM preamble (128 bytes, then ``DICM``)."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
 def _sniff_dicom(path: Path) -> tuple[bool, bool]:
     """``(is_dicom, has_preamble)``, judged by content, not by name."""
     try:
@@ -166,7 +171,7 @@ def _sniff_dicom(path: Path) -> tuple[bool, bool]:
             head = f.read(132)
     except OSError as e:
         raise RadiographReadError(path, f"cannot read the file ({e.strerror or e})") from e
-    if len(head) >= 132 and head[128:132] == b"DICM":
+    if has_dicom_preamble(head):
         return True, True
     if head.startswith(_NON_DICOM_MAGIC):
         return False, False

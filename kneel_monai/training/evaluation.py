@@ -46,6 +46,7 @@ from ..metrics import (
 )
 from ..model_io import KneelModel, load_model
 from ..transforms import points_between
+from ..transforms.array import pixel_spacing
 from ..inference import resolve_device
 from .stages import StageConfig, stage_config, stage_transforms
 
@@ -86,12 +87,6 @@ def stage_of_model(model: KneelModel, stage: str | StageConfig | None = None) ->
         raise ValueError(f"{where} was trained for another geometry than stage {stage!r}: {'; '.join(differ)}. "
                          "Leave the stage out to evaluate at the model's own geometry.")
     return replace(derived, subset=cfg.subset, key_radius_mm=cfg.key_radius_mm)
-
-
-def _spacing_xy(affine: Any) -> np.ndarray:
-    """``(x, y)`` = ``(column, row)`` pixel spacing in mm of an image with this 3×3 ``(row, col)`` affine."""
-    a = np.asarray(torch.as_tensor(affine, dtype=torch.float64))[:2, :2]
-    return np.array([np.linalg.norm(a[:, 1]), np.linalg.norm(a[:, 0])])
 
 
 def _all_items(fold: Any) -> bool:
@@ -167,7 +162,7 @@ def evaluate_model(model_dir: str | os.PathLike, datalist: str | os.PathLike, ou
         for (sample, truth, record), c in zip(pending, coords):
             pred_crop = c * np.array([w, h]) - offset
             pred = points_between(pred_crop, sample["image"].affine, sample["image_original_affine"])
-            spacing = _spacing_xy(sample["image_original_affine"])
+            spacing = np.array(pixel_spacing(torch.as_tensor(sample["image_original_affine"], dtype=torch.float64))[::-1])  # (x, y)
             errors.append(landmark_errors_mm(pred[None], truth[None], spacing[None])[0])
             records.append(record)
         pending.clear()
