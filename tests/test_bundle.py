@@ -27,7 +27,7 @@ from kneel_monai.metrics import landmark_errors_mm
 from kneel_monai.model_io import load_model, save_model
 from kneel_monai.networks import build_network
 from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph
-from kneel_monai.training import STAGES, latest_checkpoint
+from kneel_monai.training import STAGES, fold_training_argv, latest_checkpoint
 from kneel_monai.transforms import PercentileNormalise
 
 BUNDLE = REPO_ROOT / "bundles" / "kneel_landmarks"
@@ -129,11 +129,15 @@ def test_train_then_resume_continues_the_epoch_count(trained, dataset):
     model = load_model(root / "runs" / "model_landmarks_cpu")
     assert model.task == "landmarks" and model.preprocessing["crop_size"] == 224
 
+    assert list((out / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard log"
+
+    # resumed with a learning-rate drop at epoch 2 that the first run did not have: the drop happens
     wf = run(["train"], "training", bundle_root=str(root), dataset_dir=str(dataset / "lists"),
-             **{**TINY, "max_epochs": 2})
+             **{**TINY, "max_epochs": 2, "lr_milestones": [2]})
     resumed = wf.parser.get_parsed_content("trainer")
     assert resumed.state.epoch == 2 and resumed.state.iteration == 4
     assert latest_checkpoint(out).endswith("=2.pt")
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
 
 
 def test_init_from_transfers_all_layers_but_the_last(tiny_models, dataset, tmp_path):
@@ -280,3 +284,39 @@ def test_torchrun_two_processes_gloo(dataset, tmp_path):
     assert state["trainer"]["iteration"] == 1  # 4 training knees, 2 per process, batch 2
     assert load_model(tmp_path / "runs" / "model_landmarks_cpu").task == "landmarks"
     assert done.stdout.count("exported") == 1  # only rank 0 exports
+
+
+def test_fold_training_argv_sets_the_fold_and_its_folders(tmp_path):
+    argv = ["run", "cross_validation", "--config_file", "configs/train.json", "--fold", "3", "--output_dir=x",
+            "--stage", "roi_cpu", "--export_dir", "y", "--max_epochs", "2"]
+    args = fold_training_argv(argv, 1, tmp_path / "fold1")
+    assert args == ["run", "training", "--config_file", "configs/train.json", "--stage", "roi_cpu", "--max_epochs",
+                    "2", "--fold", "1", "--output_dir", str(tmp_path / "fold1"), "--export_dir",
+                    str(tmp_path / "fold1" / "model")]
+    with pytest.raises(ValueError, match="cross_validation"):
+        fold_training_argv(["run", "training"], 0, tmp_path)
+
+
+def test_cross_validation_is_one_command(dataset, tmp_path):
+    """`run cross_validation`: every fold of the datalist trained, out-of-fold tables, a fold ensemble."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "cross_validation", "--config_file",
+               str(CONFIGS / "train.json"), "--bundle_root", str(tmp_path), "--dataset_dir", str(dataset / "lists"),
+               "--stage", "landmarks_cpu", "--max_epochs", "1", "--epoch_length", "1", "--batch_size", "2",
+               "--cache", "False", "--network_args", str(NET), "--progress", "False", "--tensorboard", "False"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, check=False, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cv = tmp_path / "runs" / "landmarks_cpu_cv"
+    n_folds = read_datalist(dataset / "lists" / "landmark_datalist.json")["n_folds"]
+    for k in range(n_folds):
+        assert latest_checkpoint(cv / f"fold{k}").endswith("=1.pt")
+        assert load_model(cv / f"fold{k}" / "model").task == "landmarks"
+    ensemble = load_model(cv / "model_ensemble")
+    assert len(ensemble.networks) == n_folds
+    # every knee evaluated once, by the model of the fold that held it out
+    metrics = json.loads((cv / "eval" / "metrics.json").read_text())
+    n_knees = len(read_datalist(dataset / "lists" / "landmark_datalist.json")["items"])
+    assert metrics["n_knees"] == n_knees
+    rows = read_csv(cv / "folds.csv")
+    assert [int(r["fold"]) for r in rows] == list(range(n_folds))
+    assert sum(int(r["knees"]) for r in rows) == n_knees

@@ -367,6 +367,28 @@ def test_metric_key_radius_and_no_subset():
     assert res["outliers"] == 25.0
 
 
+def test_pck_then_error_breaks_ties_by_the_mean_error_only():
+    """Two models with the same PCK: the lower mean error wins; a PCK step always outweighs the error."""
+    rng = np.random.default_rng(3)
+    target = torch.as_tensor(rng.uniform(10, 200, size=(6, NUM_LANDMARKS, 2)))
+
+    def score(offset_mm):
+        m = LandmarkErrorMetric(spacing_mm=1.0, subset="model_selection", aggregation="pck_then_error")
+        m(target + torch.as_tensor(offset_mm), target)
+        return m.aggregate(), m.aggregate("pck_mean")
+
+    close, close_pck = score([0.5, 0.0])  # every landmark 0.5 mm off: PCK 100
+    far, far_pck = score([2.0, 0.0])  # 2 mm off: still PCK 100 at 2.5 mm
+    assert close_pck == far_pck == 100.0
+    assert close == pytest.approx(100.0 - 0.5 / 1000) and far == pytest.approx(100.0 - 2.0 / 1000)
+    assert close > far
+    worse = torch.zeros(6, NUM_LANDMARKS, 2, dtype=torch.float64)
+    worse[0, 0, 0] = 6.0  # the tibial group of one knee (mean of landmarks 0, 8) 3 mm off, all else exact
+    m = LandmarkErrorMetric(spacing_mm=1.0, subset="model_selection", aggregation="pck_then_error")
+    m(target + worse, target)
+    assert m.aggregate() < far  # lower PCK loses despite a far smaller mean error
+
+
 def test_metric_normalised_coordinates():
     # image (H, W) = (100, 200): dx = 0.01 * 200 = 2 px, dy = 0.03 * 100 = 3 px
     metric = LandmarkErrorMetric(spacing_mm=0.5, image_size=(100, 200), aggregation="error")

@@ -1,5 +1,6 @@
 """Training: MONAI engines with the paper's mixup iteration, stage geometry, datasets, export."""
 
+from .cross_validation import cross_validate, fold_training_argv
 from .engine import (
     MixupIteration,
     build_evaluator,
@@ -19,6 +20,8 @@ from .stages import (
 )
 
 __all__ = [
+    "cross_validate",
+    "fold_training_argv",
     "MixupIteration",
     "build_evaluator",
     "build_trainer",

@@ -8,11 +8,13 @@ from __future__ import annotations
 import glob
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointLoader, CheckpointSaver, StatsHandler, ValidationHandler
 from torch import nn
@@ -101,32 +103,64 @@ def transfer_weights(network: nn.Module, checkpoint: str | os.PathLike, skip_pre
 
 
 def build_evaluator(network: nn.Module, loader, device, output_dir: str | os.PathLike, spacing_mm: float,
-                    image_size: Sequence[int], subset: str | None = "model_selection", key_radius: float = 2.5
-                    ) -> SupervisedEvaluator:
-    """Validation engine: the PCK key metric in mm (best checkpoint kept as ``best_key_metric=….pt``)."""
+                    image_size: Sequence[int], subset: str | None = "model_selection", key_radius: float = 2.5,
+                    key_aggregation: str = "pck_then_error", tensorboard: bool = True) -> SupervisedEvaluator:
+    """Validation engine: the PCK key metric in mm, the best epoch's network kept as ``best.pt``.
+
+    ``key_aggregation``: ``"pck_then_error"`` (default; PCK with ties broken by the mean error, so
+    the best checkpoint keeps improving after the validation PCK saturates) or ``"pck_mean"``
+    (PCK alone, as the paper). See :class:`~kneel_monai.metrics.LandmarkErrorMetric`.
+    """
     metric = LandmarkErrorHandler(spacing_mm=spacing_mm, image_size=tuple(image_size), subset=subset,
-                                  key_radius=key_radius)
+                                  key_radius=key_radius, aggregation=key_aggregation)
+    handlers: list[Any] = [
+        StatsHandler(iteration_log=False, output_transform=lambda x: None),
+        CheckpointSaver(save_dir=str(output_dir), save_dict={"network": network}, save_key_metric=True,
+                        key_metric_filename="best.pt"),
+    ]
+    writer = _tensorboard_writer(output_dir) if tensorboard else None
+    if writer is not None:
+        from monai.handlers import TensorBoardStatsHandler
+
+        # MONAI's evaluator runs with the trainer's epoch as its own, so the curve's x is the epoch
+        handlers.append(TensorBoardStatsHandler(summary_writer=writer, iteration_log=False,
+                                                output_transform=lambda x: None))
     return SupervisedEvaluator(
         device=device, val_data_loader=loader, network=network, prepare_batch=prepare_landmark_batch,
-        key_val_metric={"val_pck": metric},
-        val_handlers=[
-            StatsHandler(iteration_log=False, output_transform=lambda x: None),
-            CheckpointSaver(save_dir=str(output_dir), save_dict={"network": network}, save_key_metric=True,
-                            key_metric_filename="best.pt"),
-        ],
+        key_val_metric={"val_pck": metric}, val_handlers=handlers,
     )
+
+
+_WRITERS: dict[str, Any] = {}
+
+
+def _tensorboard_writer(output_dir: str | os.PathLike):
+    """One ``SummaryWriter`` per output folder (trainer and evaluator share it), or None without TensorBoard."""
+    key = str(Path(output_dir).resolve())
+    if key not in _WRITERS:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is in the [bundle] extra; training works without it
+            warnings.warn("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)", stacklevel=2)
+            return None
+        _WRITERS[key] = SummaryWriter(log_dir=str(Path(key) / "tensorboard"))
+    return _WRITERS[key]
+
 
 
 def build_trainer(network: nn.Module, train_loader, evaluator: SupervisedEvaluator | None, device,
                   output_dir: str | os.PathLike, max_epochs: int, loss_function: nn.Module,
                   optimizer: torch.optim.Optimizer, mixup_alpha: float | None = 0.75,
-                  lr_scheduler: Any = None, resume: bool = True, epoch_length: int | None = None
-                  ) -> SupervisedTrainer:
-    """Training engine with progress, per-epoch validation, and checkpoints that resume.
+                  lr_scheduler: Any = None, resume: bool = True, epoch_length: int | None = None,
+                  progress: bool = True, tensorboard: bool = True) -> SupervisedTrainer:
+    """Training engine with progress, per-epoch validation, TensorBoard logs and checkpoints that resume.
 
     Every epoch writes ``last_checkpoint_epoch=N.pt`` (network, optimizer, scheduler, trainer
     state; only the newest kept). With ``resume`` and such a file in ``output_dir``, training
-    continues from it — the epoch count included.
+    continues from it — the epoch count included. The learning-rate milestones of *this* call win
+    over the checkpoint's, so a resumed run can add a learning-rate drop. ``progress``: a tqdm bar
+    per epoch; ``tensorboard``: loss, learning rate and validation metric under
+    ``output_dir/tensorboard``.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -145,13 +179,30 @@ def build_trainer(network: nn.Module, train_loader, evaluator: SupervisedEvaluat
         iteration_update=MixupIteration(mixup_alpha), train_handlers=handlers,
     )
     save_dict["trainer"] = trainer
-    CheckpointSaver(save_dir=str(output_dir), save_dict=save_dict, save_interval=1, epoch_level=True,
-                    n_saved=1, file_prefix="last").attach(trainer)
     if lr_scheduler is not None:
         from monai.handlers import LrScheduleHandler
 
+        # attached before the checkpoint saver: the saved schedule has already stepped past its epoch
         LrScheduleHandler(lr_scheduler, print_lr=False).attach(trainer)
+    CheckpointSaver(save_dir=str(output_dir), save_dict=save_dict, save_interval=1, epoch_level=True,
+                    n_saved=1, file_prefix="last").attach(trainer)
     last = latest_checkpoint(output_dir) if resume else None
     if last is not None:
         CheckpointLoader(load_path=last, load_dict=save_dict, map_location=device).attach(trainer)
+        if lr_scheduler is not None and hasattr(lr_scheduler, "milestones"):
+            milestones = type(lr_scheduler.milestones)(lr_scheduler.milestones)
+            # attached after the loader, so it runs after the checkpoint's schedule was restored
+            trainer.add_event_handler(Events.STARTED, lambda _: setattr(lr_scheduler, "milestones", milestones))
+    if progress:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=True).attach(trainer, output_transform=lambda out: {"loss": _loss_value(out)})
+    writer = _tensorboard_writer(output_dir) if tensorboard else None
+    if writer is not None:
+        from monai.handlers import TensorBoardStatsHandler
+
+        TensorBoardStatsHandler(summary_writer=writer, tag_name="train_loss", output_transform=_loss_value,
+                                state_attributes=None).attach(trainer)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: writer.add_scalar(
+            "learning_rate", optimizer.param_groups[0]["lr"], e.state.epoch))
     return trainer

@@ -50,7 +50,8 @@ from ..transforms.array import pixel_spacing
 from ..inference import resolve_device
 from .stages import StageConfig, stage_config, stage_transforms
 
-__all__ = ["SUBSET_TITLES", "stage_of_model", "evaluate_model", "evaluate_pipeline", "write_evaluation_report"]
+__all__ = ["SUBSET_TITLES", "stage_of_model", "evaluate_model", "model_errors", "evaluate_pipeline",
+           "write_evaluation_report"]
 
 SUBSET_TITLES = {"model_selection": "model selection subset (0, 8, 9, 15)",
                  "test": "test subset (0, 4, 8, 9, 12, 15)"}
@@ -139,6 +140,26 @@ def evaluate_model(model_dir: str | os.PathLike, datalist: str | os.PathLike, ou
     radiograph with ``points_between(p, d["image"].affine, d["image_original_affine"])``, and
     the datalist's landmarks, with the radiograph's own pixel spacing.
     """
+    errors, records, cfg, n_networks = model_errors(model_dir, datalist, fold=fold, stage=stage, device=device,
+                                                    batch_size=batch_size, max_items=max_items, progress=progress)
+    context = {"kind": "model", "task": cfg.task, "model_dir": str(model_dir), "datalist": str(datalist),
+               "fold": fold, "geometry": {"spacing_mm": cfg.spacing_mm, "pad_size": cfg.pad_size,
+                                          "crop_size": cfg.crop_size},
+               "n_folds_in_model": n_networks}
+    fold = None if _all_items(fold) else int(fold)  # type: ignore[arg-type]
+    title = f"{cfg.task} model, {'fold ' + str(fold) if fold is not None else 'all items'}"
+    return write_evaluation_report(errors, records, output_dir, title=title, context=context)
+
+
+def model_errors(model_dir: str | os.PathLike, datalist: str | os.PathLike, fold: int | str | None = None,
+                 stage: str | StageConfig | None = None, device: str | torch.device = "cpu", batch_size: int = 8,
+                 max_items: int | None = None, progress: bool = True
+                 ) -> tuple[np.ndarray, list[dict[str, Any]], StageConfig, int]:
+    """Errors in mm ``(K, M)`` of one stage's model on a datalist's items, with one record per knee.
+
+    Returns ``(errors, records, stage config, number of fold networks in the model)``; the
+    arguments are those of :func:`evaluate_model`.
+    """
     device = resolve_device(device)
     model = load_model(model_dir, device)
     cfg = stage_of_model(model, stage)
@@ -191,13 +212,7 @@ def evaluate_model(model_dir: str | os.PathLike, datalist: str | os.PathLike, ou
     flush()
     if not errors:
         raise ValueError(f"{datalist}: no knee with ground truth among the selected items")
-    context = {"kind": "model", "task": cfg.task, "model_dir": str(model_dir), "datalist": str(datalist),
-               "fold": fold, "geometry": {"spacing_mm": cfg.spacing_mm, "pad_size": cfg.pad_size,
-                                          "crop_size": cfg.crop_size},
-               "n_folds_in_model": len(model.networks)}
-    fold = None if _all_items(fold) else int(fold)  # type: ignore[arg-type]
-    title = f"{cfg.task} model, {'fold ' + str(fold) if fold is not None else 'all items'}"
-    return write_evaluation_report(np.stack(errors), records, output_dir, title=title, context=context)
+    return np.stack(errors), records, cfg, len(model.networks)
 
 
 # ---------------------------------------------------------------------------------------------
