@@ -100,6 +100,41 @@ def _cmd_info(ns: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_predict(ns: argparse.Namespace) -> int:
+    from .inference import KneelPredictor, resolve_model_dirs
+    from .inference_io import FORMATS, predict_paths
+
+    formats = [f.strip() for f in ns.format.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise CommandError(f"--format: unknown {', '.join(unknown)}; choose among {','.join(FORMATS)}")
+    spacing = None
+    if ns.spacing:
+        spacing = ns.spacing[0] if len(ns.spacing) == 1 else tuple(ns.spacing[:2])
+    roi_dir, landmark_dir = resolve_model_dirs(ns.model, ns.roi_model)
+    try:
+        predictor = KneelPredictor(roi_dir, landmark_dir, device=ns.device, refine=not ns.no_refine,
+                                   min_confidence=ns.min_confidence, ensemble=ns.ensemble, mc_samples=ns.mc_dropout)
+    except RuntimeError as err:  # e.g. --device cuda without a GPU
+        raise CommandError(str(err)) from None
+    print(f"models: {roi_dir} + {landmark_dir} on {predictor.device}; refinement "
+          f"{'off' if ns.no_refine else 'on'}; writing {','.join(formats)} to {ns.out}", flush=True)
+    try:
+        summary = predict_paths(predictor, ns.inputs, ns.out, formats=formats, spacing_mm=spacing,
+                                progress=not ns.no_progress, overwrite=ns.overwrite, workers=ns.workers)
+    except KeyboardInterrupt as err:
+        print(f"\nkneel predict: {err or 'interrupted'}; every output written is complete", file=sys.stderr)
+        return 130
+    print(f"done: {summary['n_ok']} radiograph(s) predicted, {summary['n_skipped']} already done (skipped), "
+          f"{summary['n_failed']} failed; {summary['n_knees']} knees found, {summary['n_absent']} absent, "
+          f"{summary['n_check']} flagged for a look (quality 'check')")
+    if summary.get("cohort_csv"):
+        print(f"cohort table: {summary['cohort_csv']}")
+    for item in summary["failed"]:
+        print(f"  FAILED {item['error']}")
+    return 1 if summary["n_failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kneel", description="Knee landmark localisation (KNEEL) tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -116,6 +151,35 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--verify", action="store_true", help="check the outputs against each folder's expected.npz")
     conv.add_argument("--tolerance", type=float, default=1e-5, help="max |Δ| allowed by --verify (default 1e-5)")
     conv.set_defaults(func=_cmd_convert_release)
+
+    pred = sub.add_parser(
+        "predict", help="landmarks, measurements and quality for radiographs: files, folders or CSV lists",
+        description="Run the two-stage pipeline (with refinement) over radiographs and write per radiograph a "
+        "JSON, an overlay PNG and a 3D Slicer .mrk.json, plus one cohort CSV (a row per knee). Re-running skips "
+        "radiographs already done. Exit code 1 when any input failed (each gets a one-line reason).",
+    )
+    pred.add_argument("inputs", nargs="+", help="radiograph files, folders (searched recursively) or .csv lists")
+    pred.add_argument("--out", required=True, help="output folder")
+    pred.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                      help="auto: the GPU when there is one (default)")
+    pred.add_argument("--model", help="a bundle folder, a folder with roi/ + landmarks/ (or converted release lc/ + "
+                      "hc/), or one model directory (default: the shipped models)")
+    pred.add_argument("--roi-model", help="the ROI model directory (overrides the one --model implies)")
+    pred.add_argument("--no-refine", action="store_true", help="skip the refinement pass (faster, 1-stage)")
+    pred.add_argument("--ensemble", action="store_true", help="average every fold of multi-fold models "
+                      "(default: the first fold only)")
+    pred.add_argument("--mc-dropout", type=int, default=0, metavar="N",
+                      help="N >= 2 dropout passes per knee: per-landmark spread in mm (uncertainty); default off")
+    pred.add_argument("--format", default=",".join(("json", "csv", "png", "mrk")),
+                      help="comma-separated outputs among json,csv,png,mrk (default all; the JSON is always written)")
+    pred.add_argument("--spacing", type=float, nargs="+", metavar="MM",
+                      help="pixel spacing (one value, or row col) for files without one, e.g. PNG; overrides files'")
+    pred.add_argument("--min-confidence", type=float, default=0.05,
+                      help="a knee whose mean landmark confidence is below this is reported absent (default 0.05)")
+    pred.add_argument("--workers", type=int, default=1, help="reader processes ahead of the networks (default 1)")
+    pred.add_argument("--overwrite", action="store_true", help="predict again radiographs already done")
+    pred.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pred.set_defaults(func=_cmd_predict)
 
     info = sub.add_parser("info", help="print what the reader sees in radiograph files (size, spacing, tags)")
     info.add_argument("files", nargs="+")

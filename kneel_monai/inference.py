@@ -25,17 +25,25 @@ from monai.transforms import CenterSpatialCrop, SpatialPad
 
 from .io import read_radiograph
 from .landmarks import KNEE_CENTRE_ID
+from .measurements import knee_measurements
 from .model_io import KneelModel, load_model
 from .networks import prepare_for_inference
+from .quality import QualityThresholds, assess_knee
 from .transforms import CropRoi, PercentileNormalise, ResampleToSpacing, SplitHalves, points_between, points_to_mm
 from .transforms.dictionary import SIDES
 
-__all__ = ["KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device"]
+__all__ = ["KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device",
+           "default_model_dirs", "resolve_model_dirs"]
 
 
 @dataclass
 class KneeResult:
-    """One knee. ``present`` False means no knee was found on that side (``reason`` says why)."""
+    """One knee. ``present`` False means no knee was found on that side (``reason`` says why).
+
+    ``quality`` is ``"ok"`` or ``"check"`` (``quality_reasons`` says why a knee needs a look; see
+    :func:`kneel_monai.quality.assess_knee`); ``spread_mm`` is the per-landmark MC-dropout spread
+    when the predictor was asked for it.
+    """
 
     side: str
     present: bool
@@ -44,6 +52,10 @@ class KneeResult:
     confidence: np.ndarray | None = None  # (16,) in [0, 1]
     centre_px: np.ndarray | None = None  # stage-1 knee centre, (x, y) pixels
     reason: str = ""
+    measurements: dict[str, float] = field(default_factory=dict)
+    quality: str = ""
+    quality_reasons: list[str] = field(default_factory=list)
+    spread_mm: np.ndarray | None = None  # (16,) MC-dropout spread (RMS distance to the mean), mm
 
     def to_dict(self) -> dict[str, Any]:
         def lst(a):
@@ -51,7 +63,22 @@ class KneeResult:
 
         return {"side": self.side, "present": self.present, "landmarks_px": lst(self.landmarks_px),
                 "landmarks_mm": lst(self.landmarks_mm), "confidence": lst(self.confidence),
-                "centre_px": lst(self.centre_px), "reason": self.reason}
+                "centre_px": lst(self.centre_px), "reason": self.reason,
+                "measurements": {k: round(float(v), 4) for k, v in self.measurements.items()},
+                "quality": self.quality, "quality_reasons": list(self.quality_reasons),
+                "spread_mm": lst(self.spread_mm)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> KneeResult:
+        """The inverse of :meth:`to_dict` (arrays back as numpy)."""
+        def arr(v):
+            return None if v is None else np.asarray(v, dtype=np.float64)
+
+        return cls(side=d["side"], present=bool(d["present"]), landmarks_px=arr(d.get("landmarks_px")),
+                   landmarks_mm=arr(d.get("landmarks_mm")), confidence=arr(d.get("confidence")),
+                   centre_px=arr(d.get("centre_px")), reason=d.get("reason", ""),
+                   measurements=dict(d.get("measurements") or {}), quality=d.get("quality", ""),
+                   quality_reasons=list(d.get("quality_reasons") or []), spread_mm=arr(d.get("spread_mm")))
 
 
 @dataclass
@@ -68,6 +95,16 @@ class RadiographResult:
                 "image_size": list(self.image_size), "pixel_spacing_mm": list(self.pixel_spacing_mm),
                 "spacing_source": self.spacing_source, "knees": {s: k.to_dict() for s, k in self.knees.items()},
                 "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RadiographResult:
+        """Read back what :meth:`to_dict` wrote (a prediction JSON)."""
+        if d.get("format") != "kneel-monai/prediction":
+            raise ValueError("not a kneel-monai prediction (format is not 'kneel-monai/prediction')")
+        return cls(path=d["image"], image_size=tuple(d["image_size"]), pixel_spacing_mm=tuple(d["pixel_spacing_mm"]),
+                   spacing_source=d.get("spacing_source", ""),
+                   knees={s: KneeResult.from_dict(k) for s, k in d["knees"].items()},
+                   timings_s=dict(d.get("timings_s") or {}))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -105,21 +142,33 @@ class KneelPredictor:
         refine: re-centre each ROI on the predicted landmark 4 and run stage 2 again (SPEC §2.5).
         min_confidence: a knee whose mean landmark confidence is below this is reported absent.
         fast: fold conv-BN and use channels-last (exact; see ``prepare_for_inference``).
+        ensemble: average every fold network of each model directory (SPEC §2.7); ``False`` uses
+            the first fold only (faster; the same for single-fold models such as the shipped ones).
+        mc_samples: with ``n > 1``, ``n`` extra passes of the final landmark stage with dropout
+            active give each landmark's spread in mm (``KneeResult.spread_mm``; epistemic
+            uncertainty). 0 (default) skips them.
+        quality: the thresholds of the per-knee quality flag.
     """
 
     def __init__(self, roi_model: KneelModel | str | os.PathLike, landmark_model: KneelModel | str | os.PathLike,
-                 device: str = "auto", refine: bool = True, min_confidence: float = 0.05, fast: bool = True) -> None:
+                 device: str = "auto", refine: bool = True, min_confidence: float = 0.05, fast: bool = True,
+                 ensemble: bool = True, mc_samples: int = 0, quality: QualityThresholds = QualityThresholds()) -> None:
         self.device = resolve_device(device)
-        self.roi = roi_model if isinstance(roi_model, KneelModel) else load_model(roi_model, self.device)
-        self.landmarks = landmark_model if isinstance(landmark_model, KneelModel) else load_model(landmark_model,
-                                                                                                    self.device)
+        folds = None if ensemble else [0]
+        self.roi = roi_model if isinstance(roi_model, KneelModel) else load_model(roi_model, self.device, folds)
+        self.landmarks = landmark_model if isinstance(landmark_model, KneelModel) else load_model(
+            landmark_model, self.device, folds)
+        if mc_samples < 0 or mc_samples == 1:
+            raise ValueError(f"mc_samples must be 0 (off) or at least 2, got {mc_samples}")
+        self.mc_samples, self.quality = int(mc_samples), quality
         if self.roi.task != "roi" or self.landmarks.task != "landmarks":
             raise ValueError(f"expected an 'roi' and a 'landmarks' model, got {self.roi.task!r} and "
                              f"{self.landmarks.task!r}")
         self.refine, self.min_confidence = refine, float(min_confidence)
         prep = (lambda n: prepare_for_inference(n).to(self.device)) if fast else (lambda n: n.to(self.device).eval())
-        self._roi_nets = [prep(n) for n in self.roi.networks]
-        self._lm_nets = [prep(n) for n in self.landmarks.networks]
+        used = slice(None) if ensemble else slice(0, 1)
+        self._roi_nets = [prep(n) for n in self.roi.networks[used]]
+        self._lm_nets = [prep(n) for n in self.landmarks.networks[used]]
         lp = self.landmarks.preprocessing
         self._roi_crop = CropRoi(size_mm=float(lp.get("roi_size_mm", 140.0)), spacing_mm=float(lp["spacing_mm"]))
         self._normalise = PercentileNormalise(5, 99)
@@ -159,13 +208,42 @@ class KneelPredictor:
                    for i, s in enumerate(SIDES)}
         return centres, {s: float(conf[i, 0]) for i, s in enumerate(SIDES)}
 
+    def _landmark_crops(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> list[MetaTensor]:
+        return [self._pad_crop(self._roi_crop(image, centres[s], mirror=s == "L"), self.landmarks) for s in centres]
+
     def knee_landmarks(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Stage 2 around the given centres: ``{side: (landmarks (16, 2) original px, confidence (16,))}``."""
-        sides = list(centres)
-        crops = [self._pad_crop(self._roi_crop(image, centres[s], mirror=s == "L"), self.landmarks) for s in sides]
+        crops = self._landmark_crops(image, centres)
         coords, conf = self._run(self._lm_nets, self.landmarks.network_input(crops, self.device))
         offset = self.landmarks.pixel_offset
-        return {s: (self._to_original(coords[i], crops[i], image, offset), conf[i]) for i, s in enumerate(sides)}
+        return {s: (self._to_original(coords[i], crops[i], image, offset), conf[i]) for i, s in enumerate(centres)}
+
+    @torch.inference_mode()
+    def landmark_spread(self, image: MetaTensor, centres: dict[str, np.ndarray], samples: int) -> dict[str, np.ndarray]:
+        """MC-dropout: ``samples`` stage-2 passes with dropout on → per-landmark spread in mm ``{side: (16,)}``.
+
+        The spread is the root-mean-square distance of the sampled landmarks to their mean, in the
+        radiograph's millimetres; BatchNorm stays in eval mode.
+        """
+        crops = self._landmark_crops(image, centres)
+        x = self.landmarks.network_input(crops, self.device)
+        offset = self.landmarks.pixel_offset
+        draws = []
+        for n in range(samples):
+            net = self._lm_nets[n % len(self._lm_nets)]
+            dropouts = [m for m in net.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+            for m in dropouts:
+                m.train()
+            try:
+                coords = net(x).double().cpu().numpy()
+            finally:
+                for m in dropouts:
+                    m.eval()
+            draws.append([points_to_mm(self._to_original(coords[i], crops[i], image, offset), image.affine)
+                          for i in range(len(crops))])
+        pts = np.asarray(draws)  # (samples, knees, 16, 2)
+        rms = np.sqrt(((pts - pts.mean(0)) ** 2).sum(-1).mean(0))  # (knees, 16)
+        return {s: rms[i] for i, s in enumerate(centres)}
 
     def predict_image(self, image: MetaTensor, path: str = "") -> RadiographResult:
         """Both knees of a radiograph already read (``read_radiograph``)."""
@@ -179,6 +257,10 @@ class KneelPredictor:
         if self.refine:
             found = self.knee_landmarks(norm, {s: found[s][0][KNEE_CENTRE_ID] for s in found})
         t4 = time.perf_counter()
+        spread = {}
+        if self.mc_samples:
+            spread = self.landmark_spread(norm, {s: found[s][0][KNEE_CENTRE_ID] for s in found}, self.mc_samples)
+        t5 = time.perf_counter()
         h, w = image.shape[-2:]
         knees = {}
         for side in SIDES:
@@ -191,14 +273,19 @@ class KneelPredictor:
                           else "predicted landmarks fall outside the image")
                 knees[side] = KneeResult(side, False, centre_px=centres[side], reason=f"no knee found ({reason})")
                 continue
-            knees[side] = KneeResult(side, True, pts, points_to_mm(pts, image.affine), conf, centres[side])
+            mm = points_to_mm(pts, image.affine)
+            measured = knee_measurements(mm)
+            quality, reasons = assess_knee(conf, measured, spread.get(side), self.quality)
+            knees[side] = KneeResult(side, True, pts, mm, conf, centres[side], measurements=measured, quality=quality,
+                                     quality_reasons=reasons, spread_mm=spread.get(side))
         meta = image.meta
         spacing = tuple(float(v) for v in meta.get("pixel_spacing_mm", (float(image.affine[0, 0]),
                                                                          float(image.affine[1, 1]))))
         return RadiographResult(
             path=path or str(meta.get("filename_or_obj", "")), image_size=(int(h), int(w)), pixel_spacing_mm=spacing,
             spacing_source=str(meta.get("spacing_source", "")), knees=knees,
-            timings_s={"normalise": t1 - t0, "stage1": t2 - t1, "stage2": t3 - t2, "refine": t4 - t3},
+            timings_s={"normalise": t1 - t0, "stage1": t2 - t1, "stage2": t3 - t2, "refine": t4 - t3,
+                       **({"mc_dropout": t5 - t4} if self.mc_samples else {})},
         )
 
     def predict_file(self, path: str | os.PathLike, spacing_mm: float | tuple[float, float] | None = None
@@ -215,3 +302,51 @@ def default_model_dirs() -> tuple[Path, Path]:
     """The shipped default models (in the bundle's ``models/`` folder of this repository)."""
     root = Path(__file__).resolve().parents[1] / "bundles" / "kneel_landmarks" / "models"
     return root / "roi", root / "landmarks"
+
+
+def _model_task(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / "model.json").read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def resolve_model_dirs(model: str | os.PathLike | None = None, roi_model: str | os.PathLike | None = None
+                       ) -> tuple[Path, Path]:
+    """``(roi_dir, landmark_dir)`` from what a user names as "the model".
+
+    ``model`` may be: ``None`` (the shipped models); a bundle folder (``models/roi`` +
+    ``models/landmarks``); a folder holding ``roi/`` + ``landmarks/`` model directories, or
+    ``lc/`` + ``hc/`` as ``kneel convert-release`` writes the release's snapshot folder; or one
+    model directory — a landmark model (the ROI model then is ``roi_model`` or the shipped
+    one) or an ROI model. ``roi_model`` overrides the ROI model in every case.
+    """
+    default_roi, default_landmarks = default_model_dirs()
+    roi, landmarks = default_roi, default_landmarks
+    if model is not None:
+        folder = Path(model)
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: model folder not found")
+        pairs = [(folder / "models" / "roi", folder / "models" / "landmarks"), (folder / "roi", folder / "landmarks"),
+                 (folder / "lc", folder / "hc")]
+        pair = next(((r, lm) for r, lm in pairs if _model_task(r) == "roi" and _model_task(lm) == "landmarks"), None)
+        task = _model_task(folder)
+        if pair is not None:
+            roi, landmarks = pair
+        elif task == "landmarks":
+            landmarks = folder
+        elif task == "roi":
+            roi = folder
+        elif (folder / "session.pkl").is_file() or any(folder.glob("fold_*.pth")) or (folder / "hc").is_dir():
+            raise ValueError(f"{folder}: an original KNEEL release snapshot; convert it first: "
+                             f"kneel convert-release {folder} <new folder>, then --model <new folder>")
+        else:
+            raise ValueError(f"{folder}: not a kneel-monai model (no model.json), a bundle (models/roi, "
+                             "models/landmarks) or a folder with roi/ and landmarks/ models")
+    if roi_model is not None:
+        roi = Path(roi_model)
+        if _model_task(roi) != "roi":
+            raise ValueError(f"{roi}: not an ROI model directory (model.json with task 'roi')")
+    return roi, landmarks

@@ -1,0 +1,68 @@
+"""Per-knee quality flag: which predictions a user should look at first.
+
+A knee is flagged ``"check"`` when any rule below fires, ``"ok"`` otherwise; the reasons are kept
+so a cohort table can be sorted and filtered by them. The default thresholds were set on held-out
+synthetic radiographs with the shipped models (``docs/predict.md`` gives the figures): they flag
+few correct knees and every knee with a landmark ≥ 10 mm off that was measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["QualityThresholds", "assess_knee"]
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Limits of a knee that needs no look.
+
+    Attributes:
+        min_confidence: the lowest per-landmark heat-map confidence (:func:`heatmap_confidence`).
+        max_spread_mm: the largest per-landmark MC-dropout spread, when it was computed.
+        plateau_width_mm: plausible tibial plateau widths (the 748 OAI knees span about 62–95 mm).
+        condyle_width_mm: plausible femoral condyle widths.
+        max_abs_angle_deg: plausible joint-line angles.
+        max_jsw_mm: plausible joint space widths.
+    """
+
+    min_confidence: float = 0.30
+    max_spread_mm: float = 2.0
+    plateau_width_mm: tuple[float, float] = (50.0, 110.0)
+    condyle_width_mm: tuple[float, float] = (45.0, 110.0)
+    max_abs_angle_deg: float = 12.0
+    max_jsw_mm: float = 15.0
+
+
+def assess_knee(confidence: np.ndarray, measurements: dict[str, float], spread_mm: np.ndarray | None = None,
+                thresholds: QualityThresholds = QualityThresholds()) -> tuple[str, list[str]]:
+    """``("ok" | "check", reasons)`` for one present knee."""
+    t = thresholds
+    reasons: list[str] = []
+    conf = np.asarray(confidence, dtype=float)
+    worst = int(np.argmin(conf))
+    if conf[worst] < t.min_confidence:
+        reasons.append(f"low confidence: landmark {worst} {conf[worst]:.2f} < {t.min_confidence:.2f}")
+    if spread_mm is not None:
+        spread = np.asarray(spread_mm, dtype=float)
+        widest = int(np.argmax(spread))
+        if spread[widest] > t.max_spread_mm:
+            reasons.append(f"uncertain: landmark {widest} MC-dropout spread {spread[widest]:.1f} mm > "
+                           f"{t.max_spread_mm:.1f} mm")
+    checks = (("tibial_plateau_width_mm", t.plateau_width_mm), ("femoral_condyle_width_mm", t.condyle_width_mm))
+    for name, (low, high) in checks:
+        value = measurements.get(name)
+        if value is not None and not low <= value <= high:
+            reasons.append(f"implausible {name.replace('_mm', '').replace('_', ' ')} {value:.1f} mm "
+                           f"(expected {low:.0f}–{high:.0f} mm)")
+    angle = measurements.get("joint_line_angle_deg")
+    if angle is not None and abs(angle) > t.max_abs_angle_deg:
+        reasons.append(f"implausible joint-line angle {angle:.1f}° (|angle| > {t.max_abs_angle_deg:.0f}°)")
+    for name in ("lateral_jsw_mm", "medial_jsw_mm"):
+        value = measurements.get(name)
+        if value is not None and value > t.max_jsw_mm:
+            reasons.append(f"implausible {name.split('_')[0]} joint space width {value:.1f} mm "
+                           f"(> {t.max_jsw_mm:.0f} mm)")
+    return ("check" if reasons else "ok"), reasons

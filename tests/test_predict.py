@@ -1,0 +1,254 @@
+"""`kneel predict` on a cohort: shipped models, synthetic radiographs with known ground truth, bad input.
+
+The folder mixes good radiographs (DICOM, a single-knee one, one in a sub-folder) with a truncated
+DICOM, a JPEG photo (RGB), an RGB PNG, a grey PNG without spacing and a zero-byte file.
+"""
+
+import csv
+import json
+import shutil
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kneel_monai.cli import main
+from kneel_monai.inference import KneelPredictor, default_model_dirs, resolve_model_dirs
+from kneel_monai.inference_io import COHORT_COLUMNS, predict_paths
+from kneel_monai.measurements import MEASUREMENTS, knee_measurements
+from kneel_monai.metrics import landmark_errors_mm
+from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph
+
+#: (stem, seed, knees, sub-folder)
+GOOD = [("bilateral_a", 8_100_001, ("R", "L"), ""), ("bilateral_b", 8_100_002, ("R", "L"), "site2"),
+        ("right_only", 8_100_003, ("R",), "")]
+BAD = {"truncated.dcm": "truncated", "cat.jpg": "RGB", "screenshot.png": "RGB", "no_spacing.png": "spacing",
+       "empty.dcm": "empty"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """A folder of good and bad inputs, and the ground truth of the good ones."""
+    root = tmp_path_factory.mktemp("cohort")
+    truth = {}
+    for stem, seed, knees, sub in GOOD:
+        sample = generate_radiograph(seed, knees=knees, spacing_mm=0.2, size=(1600, 1900))
+        image_path, _ = write_radiograph(sample, root / sub, stem)
+        (root / sub / f"{stem}.json").rename(root / sub / f"{stem}.truth")  # keep ground truth out of the scan
+        truth[str(image_path)] = sample
+    good = root / "bilateral_a.dcm"
+    (root / "truncated.dcm").write_bytes(good.read_bytes()[: 20_000])
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(root / "cat.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(root / "screenshot.png")
+    Image.fromarray(rng.integers(0, 65535, (400, 300), dtype=np.uint16)).save(root / "no_spacing.png")
+    (root / "empty.dcm").write_bytes(b"")
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def first_run(cohort, tmp_path_factory):
+    root, _ = cohort
+    out = tmp_path_factory.mktemp("predictions")
+    code = main(["predict", str(root), "--out", str(out), "--device", "cpu", "--workers", "1", "--no-progress"])
+    return out, code
+
+
+def read_cohort_csv(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return reader.fieldnames, list(reader)
+
+
+def test_every_good_file_gets_its_outputs_every_bad_one_a_reason(cohort, first_run):
+    root, truth = cohort
+    out, code = first_run
+    assert code == 1  # some inputs failed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_ok"] == len(GOOD) and summary["n_failed"] == len(BAD)
+    for stem, _, _, sub in GOOD:
+        for suffix in (".json", ".png", ".mrk.json"):
+            assert (out / sub / f"{stem}{suffix}").is_file(), (sub, stem, suffix)
+    reasons = {item["input"].split("/")[-1]: item["error"] for item in summary["failed"]}
+    assert set(reasons) == set(BAD)
+    for name, word in BAD.items():
+        assert "\n" not in reasons[name] and name in reasons[name], reasons[name]
+        assert word.lower() in reasons[name].lower(), reasons[name]
+    # nothing written for a bad file, no temporary file left anywhere
+    for name in BAD:
+        stem = name.split(".")[0]
+        assert not list(out.glob(f"{stem}.*")), name
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_landmarks_match_the_ground_truth(cohort, first_run):
+    """Every landmark within 10 mm and the mean error under 2.5 mm.
+
+    The bound: the shipped pipeline's held-out figures (model card: median ~1.2 mm, 95th percentile
+    ~3.5 mm, no knee beyond 10 mm in 60 radiographs) with room for 5 knees' sampling noise.
+    """
+    _, truth = cohort
+    out, _ = first_run
+    errors = []
+    for stem, _, knees, sub in GOOD:
+        prediction = json.loads((out / sub / f"{stem}.json").read_text())
+        sample = next(s for p, s in truth.items() if p.endswith(f"{stem}.dcm"))
+        spacing = np.array(sample.pixel_spacing_mm[::-1])
+        for side in ("R", "L"):
+            knee = prediction["knees"][side]
+            assert knee["present"] == (side in knees), (stem, side)
+            if not knee["present"]:
+                assert "no knee" in knee["reason"]
+                continue
+            px = np.array(knee["landmarks_px"])
+            errors.append(landmark_errors_mm(px[None], np.array(sample.knees[side]["landmarks_px"])[None],
+                                             spacing[None])[0])
+            # mm are pixels times the spacing, measurements are those of the mm landmarks
+            np.testing.assert_allclose(knee["landmarks_mm"], px * spacing, atol=1e-3)
+            expected = knee_measurements(np.array(knee["landmarks_mm"]))
+            for name in MEASUREMENTS:
+                assert knee["measurements"][name] == pytest.approx(expected[name], abs=1e-3)
+            assert knee["quality"] in ("ok", "check")
+    errors = np.concatenate(errors)
+    assert errors.max() < 10.0 and errors.mean() < 2.5, (errors.max(), errors.mean())
+
+
+def test_cohort_csv_rows_and_columns(cohort, first_run):
+    out, _ = first_run
+    header, rows = read_cohort_csv(out / "cohort.csv")
+    assert tuple(header) == COHORT_COLUMNS
+    by_status = {}
+    for row in rows:
+        by_status.setdefault(row["status"], []).append(row)
+    assert len(by_status["ok"]) == 5 and len(by_status["absent"]) == 1 and len(by_status["failed"]) == len(BAD)
+    assert by_status["absent"][0]["file"].endswith("right_only.dcm") and by_status["absent"][0]["side"] == "L"
+    for row in by_status["ok"]:
+        sr, sc = float(row["pixel_spacing_row_mm"]), float(row["pixel_spacing_col_mm"])
+        for i in range(16):
+            assert float(row[f"x{i}_mm"]) == pytest.approx(float(row[f"x{i}_px"]) * sc, abs=2e-3)
+            assert float(row[f"y{i}_mm"]) == pytest.approx(float(row[f"y{i}_px"]) * sr, abs=2e-3)
+            assert 0 <= float(row[f"confidence{i}"]) <= 1 and row[f"spread{i}_mm"] == ""
+        assert 50 < float(row["tibial_plateau_width_mm"]) < 110
+        assert row["quality"] in ("ok", "check")
+    for row in by_status["failed"]:
+        assert row["reason"] and row["x0_px"] == ""
+
+
+def test_markups_are_schema_valid(first_run, markups_schema):
+    out, _ = first_run
+    files = sorted(out.rglob("*.mrk.json"))
+    assert len(files) == len(GOOD)
+    for path in files:
+        jsonschema.validate(json.loads(path.read_text()), markups_schema)
+
+
+def test_rerun_skips_what_is_done_and_finishes_the_rest(cohort, first_run, tmp_path):
+    root, _ = cohort
+    out = tmp_path / "copy"
+    shutil.copytree(first_run[0], out)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    (out / "site2" / "bilateral_b.json").unlink()  # as if interrupted before this radiograph was done
+    assert main(["predict", str(root), "--out", str(out), "--device", "cpu", "--workers", "0",
+                 "--no-progress"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_skipped"] == 2 and summary["n_ok"] == 1
+    assert summary["results"][0]["input"].endswith("bilateral_b.dcm")
+    for p, stamp in stamps.items():
+        if "bilateral_b" not in p.name:
+            assert p.stat().st_mtime_ns == stamp, p  # untouched
+    _, rows = read_cohort_csv(out / "cohort.csv")
+    assert sum(r["status"] == "ok" for r in rows) == 5  # the cohort table covers skipped files too
+
+    assert main(["predict", str(root), "--out", str(out), "--device", "cpu", "--workers", "0", "--no-progress",
+                 "--overwrite", "--format", "json,csv"]) == 1
+    assert json.loads((out / "summary.json").read_text())["n_ok"] == len(GOOD)
+
+
+def test_interrupted_run_leaves_complete_outputs_only(cohort, tmp_path):
+    """Ctrl-C while the second radiograph is predicted: the first is complete, the second absent; a re-run ends it."""
+    root, _ = cohort
+    predictor = KneelPredictor(*default_model_dirs(), device="cpu")
+    inputs = [root / "bilateral_a.dcm", root / "site2" / "bilateral_b.dcm"]
+
+    class CtrlC:
+        calls = 0
+
+        def predict_image(self, image, path):
+            CtrlC.calls += 1
+            if CtrlC.calls == 2:
+                raise KeyboardInterrupt
+            return predictor.predict_image(image, path)
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        predict_paths(CtrlC(), inputs, out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["bilateral_a.json", "bilateral_a.mrk.json", "bilateral_a.png",
+                                                     "cohort.csv", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["n_ok"] == 1 and summary["n_pending"] == 1
+    again = predict_paths(predictor, inputs, out, progress=False)
+    assert again["n_skipped"] == 1 and again["n_ok"] == 1 and not again["failed"]
+
+
+def test_csv_list_input_and_model_choices(cohort, tmp_path):
+    root, _ = cohort
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"subject,path\nA,{root / 'bilateral_a.dcm'}\nB,missing.dcm\n")
+    code = main(["predict", str(listing), "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress",
+                 "--no-refine", "--format", "json", "--model", str(default_model_dirs()[1].parents[1])])
+    assert code == 1
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["n_ok"] == 1 and "missing.dcm: no such file (listed in" in summary["failed"][0]["error"]
+    assert not (tmp_path / "o" / "cohort.csv").exists() and not (tmp_path / "o" / "bilateral_a.png").exists()
+    timings = json.loads((tmp_path / "o" / "bilateral_a.json").read_text())["timings_s"]
+    assert timings["refine"] < 1e-3  # --no-refine
+
+    roi, landmarks = default_model_dirs()
+    assert resolve_model_dirs(None) == (roi, landmarks)
+    assert resolve_model_dirs(landmarks.parents[1]) == (roi, landmarks)  # the bundle folder
+    pair = tmp_path / "pair"
+    shutil.copytree(roi, pair / "roi")
+    shutil.copytree(landmarks, pair / "landmarks")
+    assert resolve_model_dirs(pair) == (pair / "roi", pair / "landmarks")
+    assert resolve_model_dirs(pair / "landmarks") == (roi, pair / "landmarks")
+    assert resolve_model_dirs(pair / "landmarks", roi_model=pair / "roi") == (pair / "roi", pair / "landmarks")
+    release = tmp_path / "release_snapshot"
+    release.mkdir()
+    (release / "session.pkl").write_bytes(b"")
+    with pytest.raises(ValueError, match="convert-release"):
+        resolve_model_dirs(release)
+    with pytest.raises(ValueError, match="not a kneel-monai model"):
+        resolve_model_dirs(tmp_path)
+
+
+def test_bad_arguments_are_one_line_errors(cohort, tmp_path, capsys):
+    root, _ = cohort
+    assert main(["predict", str(root / "bilateral_a.dcm"), "--out", str(tmp_path), "--format", "json,xml"]) == 2
+    assert "unknown xml" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["predict", str(root / "bilateral_a.dcm"), "--out", str(tmp_path), "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert main(["predict", str(root / "bilateral_a.dcm"), "--out", str(tmp_path), "--model",
+                 str(tmp_path / "nowhere")]) == 2
+    assert "model folder not found" in capsys.readouterr().err
+
+
+def test_mc_dropout_spread(cohort):
+    root, _ = cohort
+    predictor = KneelPredictor(*default_model_dirs(), device="cpu", mc_samples=4)
+    result = predictor.predict_file(root / "bilateral_a.dcm")
+    for knee in result.knees.values():
+        assert knee.spread_mm.shape == (16,) and (knee.spread_mm >= 0).all() and knee.spread_mm.max() > 0
+    assert result.to_dict()["knees"]["R"]["spread_mm"] is not None
+    with pytest.raises(ValueError, match="mc_samples"):
+        KneelPredictor(*default_model_dirs(), device="cpu", mc_samples=1)
