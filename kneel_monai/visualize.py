@@ -11,7 +11,7 @@ import numpy as np
 from .atomic import atomic_write
 from .landmarks import BONE_COLOURS, FEMUR_IDS, NUM_LANDMARKS, TIBIA_IDS
 
-__all__ = ["draw_landmarks_overlay"]
+__all__ = ["draw_landmarks_overlay", "draw_knee_measurements"]
 
 
 def _to_display(image) -> np.ndarray:
@@ -85,4 +85,64 @@ def draw_landmarks_overlay(
     if title:
         ax.text(0.01 * w, 0.99 * h, title, color="white", fontsize=1.5 * font, va="bottom",
                 bbox=dict(facecolor="black", alpha=0.6, pad=2, linewidth=0))  # readable on bright borders too
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+
+
+def draw_knee_measurements(image, landmarks_px: np.ndarray, pixel_spacing_mm: tuple[float, float],
+                           path: str | os.PathLike, title: str | None = None, margin_mm: float = 20.0,
+                           size_px: int = 900) -> Path:
+    """A close-up of one knee with its measurements drawn (``kneel_monai.measurements``), as PNG.
+
+    Shows the 16 landmarks, the tibial plateau line T0–T8 and the femoral condyle line F9–F15
+    (their widths and the angle between them), and each compartment's joint space width as the
+    segment where it is measured. ``pixel_spacing_mm`` is ``(row, col)``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .measurements import jsw_segments, knee_measurements
+
+    pts = np.asarray(landmarks_px, dtype=np.float64)
+    if pts.shape != (NUM_LANDMARKS, 2):
+        raise ValueError(f"expected ({NUM_LANDMARKS}, 2) landmarks, got {pts.shape}")
+    sr, sc = pixel_spacing_mm
+    m = knee_measurements(pts * np.array([sc, sr]))
+    display = _to_display(image)
+    h, w = display.shape
+    mx, my = margin_mm / sc, margin_mm / sr
+    x0, x1 = max(pts[:, 0].min() - mx, 0), min(pts[:, 0].max() + mx, w - 1)
+    y0, y1 = max(pts[:, 1].min() - 2 * my, 0), min(pts[:, 1].max() + 2 * my, h - 1)
+    crop = display[int(y0): int(y1) + 1, int(x0): int(x1) + 1]
+    dpi = 100
+    aspect = crop.shape[0] / max(crop.shape[1], 1)
+    fig = Figure(figsize=(size_px / dpi, size_px * aspect / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(crop, cmap="gray", vmin=0, vmax=1, extent=(int(x0) - 0.5, int(x1) + 0.5, int(y1) + 0.5, int(y0) - 0.5))
+    ax.axis("off")
+    tib, fem = BONE_COLOURS["tibia"], BONE_COLOURS["femur"]
+    for ids, colour in ((TIBIA_IDS, tib), (FEMUR_IDS, fem)):
+        ax.plot(pts[list(ids), 0], pts[list(ids), 1], "o", color=colour, ms=5, mec="black", mew=0.5)
+        for i in ids:
+            ax.annotate(str(i), pts[i], xytext=(0, -9 if colour == fem else 9), textcoords="offset points",
+                        color=colour, fontsize=8, ha="center", va="center")
+    for a, b, colour, label in ((0, 8, tib, f"plateau width {m['tibial_plateau_width_mm']:.1f} mm"),
+                                (9, 15, fem, f"condyle width {m['femoral_condyle_width_mm']:.1f} mm")):
+        ax.plot(pts[[a, b], 0], pts[[a, b], 1], "--", color=colour, lw=1.2)
+        mid = pts[[a, b]].mean(0)
+        ax.annotate(label, mid, xytext=(0, -40 if colour == tib else 45), textcoords="offset points", color=colour,
+                    fontsize=10, ha="center", bbox=dict(facecolor="black", alpha=0.6, pad=2, linewidth=0))
+    for name, (f, t) in jsw_segments(pts * np.array([sc, sr])).items():
+        f, t = f / np.array([sc, sr]), t / np.array([sc, sr])
+        ax.plot([f[0], t[0]], [f[1], t[1]], "-", color="yellow", lw=2.0)
+        outward = 1.0 if f[0] > pts[:, 0].mean() else -1.0  # beside the segment, away from the notch
+        ax.annotate(f"{name} JSW {m[name + '_jsw_mm']:.1f} mm", (f + t) / 2, xytext=(outward * 70, -25),
+                    textcoords="offset points", color="yellow", fontsize=10, ha="center", va="center",
+                    bbox=dict(facecolor="black", alpha=0.6, pad=2, linewidth=0))
+    ax.text(0.02, 0.98, f"joint-line angle {m['joint_line_angle_deg']:+.1f}°" + (f"\n{title}" if title else ""),
+            transform=ax.transAxes, color="white", fontsize=10, va="top",
+            bbox=dict(facecolor="black", alpha=0.6, pad=3, linewidth=0))
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))

@@ -13,12 +13,13 @@ from kneel_monai.synthetic.generate import generate_radiograph
 def known_knee(lateral_gap=6.0, medial_gap=4.0):
     """A right knee in image coordinates (x lateral → medial, y down, mm) with gaps drawn by hand.
 
-    Tibial plateau on y = 0 (the spines, T4, rise 3 mm); femoral compartment points at the given
-    gaps above it; the notch F12 high above the spines.
+    Tibial plateau on y = 0 with the spines (T3–T5) rising 9–11 mm between the compartments, as in
+    the OAI knees; femoral condyle points at the given gaps above the plateau; the notch edges
+    (F11, F13) and centre (F12) high above the spines.
     """
-    tibia = [(0, 0), (10, 0), (20, 0), (30, 0), (40, -3), (50, 0), (60, 0), (70, 0), (80, 0)]
-    femur = [(2, -lateral_gap - 2), (12, -lateral_gap), (25, -lateral_gap - 1), (40, -15),
-             (55, -medial_gap - 1), (68, -medial_gap), (78, -medial_gap - 2)]
+    tibia = [(0, 0), (10, 0), (20, 0), (33, -9), (40, -8), (47, -11), (60, 0), (70, 0), (80, 0)]
+    femur = [(2, -lateral_gap - 2), (12, -lateral_gap), (27, -14), (40, -20),
+             (53, -14), (68, -medial_gap), (78, -medial_gap - 2)]
     return np.array(tibia + femur, dtype=float)
 
 
@@ -65,6 +66,26 @@ def test_mirroring_without_reordering_ids_swaps_the_compartments():
     assert b["lateral_jsw_mm"] == pytest.approx(a["medial_jsw_mm"])
     assert b["medial_jsw_mm"] == pytest.approx(a["lateral_jsw_mm"])
     assert b["joint_line_angle_deg"] == pytest.approx(-a["joint_line_angle_deg"])
+
+
+def test_medial_narrowing_with_kl_grade_in_the_oai_annotations(kneel_csv_path):
+    """On the 748 real annotated knees: the medial JSW falls with KL grade (medial OA), the lateral does not."""
+    import csv
+
+    medial, lateral = {}, {}
+    with open(kneel_csv_path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["kl"] in ("", "nan"):
+                continue
+            tibia = np.array(row["tibia"].split(","), float).reshape(-1, 2)
+            femur = np.array(row["femur"].split(","), float).reshape(-1, 2)
+            m = knee_measurements(np.vstack([tibia, femur]) * 0.3)  # the CSV is in 0.3 mm pixels
+            medial.setdefault(int(row["kl"]), []).append(m["medial_jsw_mm"])
+            lateral.setdefault(int(row["kl"]), []).append(m["lateral_jsw_mm"])
+    med = {k: float(np.median(v)) for k, v in medial.items()}
+    lat = {k: float(np.median(v)) for k, v in lateral.items()}
+    assert med[4] < med[3] < med[0] - 0.5 and med[4] < 2.5 < med[0], med
+    assert max(lat.values()) - min(lat.values()) < 1.0, lat
 
 
 def test_synthetic_knees_measure_like_real_anatomy():
