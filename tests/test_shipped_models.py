@@ -1,7 +1,10 @@
-"""The shipped weights on a fixed held-out set of synthetic radiographs (seeds never used in training).
+"""The shipped weights reach the project's target on a fixed held-out set of synthetic radiographs.
 
-A regression test: it checks the figures measured when the weights were shipped (model card,
-``bundles/kneel_landmarks/docs/README.md``) still hold, with a small margin for float noise.
+Target (issue 5, landmarks 0, 4, 8, 9, 12, 15, the two-stage pipeline with refinement): PCK@2.5 mm
+≥ 95 % and < 1 % outlier knees (a landmark ≥ 10 mm off) — on this set of 23 knees, no outlier.
+The seeds were never used in training (training used cohort seed 1000, the model card's held-out
+set cohort seed 900000). Measured at shipping (0.2.0): PCK@2.5 mm 100 %, no outlier, median error
+0.68 mm (test subset); the median ceiling leaves room for float noise and another CPU's rounding.
 """
 
 import numpy as np
@@ -14,15 +17,12 @@ from kneel_monai.landmarks import TEST_SUBSET
 from kneel_monai.metrics import landmark_errors_mm, release_aggregation
 from kneel_monai.synthetic.generate import generate_radiograph
 
-# Measured at shipping (0.1.0): PCK@2.5 mm 100 % (13 knees), 0 % outliers, median error 1.04 mm (max 3.35 mm).
-# The floors allow one knee of 13 to slip (7.7 % per group) before the test calls it a regression.
-PCK_2_5_FLOOR = 90.0
-OUTLIER_CEILING = 8.0
-MEDIAN_ERROR_CEILING_MM = 1.5
+TARGET_PCK_2_5 = 95.0
+TARGET_OUTLIERS_BELOW = 1.0  # %
+MEDIAN_ERROR_CEILING_MM = 1.2
 
 #: (seed, knees) — realistic sizes and spacings as the generator draws them; one single-knee image
-HELD_OUT = [(7_000_001, ("R", "L")), (7_000_002, ("R", "L")), (7_000_003, ("R", "L")), (7_000_004, ("R", "L")),
-            (7_000_005, ("R", "L")), (7_000_006, ("R", "L")), (7_000_007, ("R",))]
+HELD_OUT = [(7_000_000 + i, ("R", "L")) for i in range(1, 12)] + [(7_000_012, ("R",))]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,8 @@ def test_accuracy_holds(predictions):
     errors = landmark_errors_mm(np.array(pred), np.array(ref), np.array(spacing))
     report = release_aggregation(errors, subset="test")
     median = float(np.median(errors[:, list(TEST_SUBSET)]))
-    assert report["mean"][2.5] >= PCK_2_5_FLOOR, report
-    assert report["outliers"] <= OUTLIER_CEILING, report
+    print(f"PCK@2.5 mm {report['mean'][2.5]:.2f} %, outliers {report['outliers']:.2f} %, median {median:.2f} mm")
+    assert len(errors) == 23
+    assert report["mean"][2.5] >= TARGET_PCK_2_5, report
+    assert report["outliers"] < TARGET_OUTLIERS_BELOW, report
     assert median <= MEDIAN_ERROR_CEILING_MM, median
