@@ -38,7 +38,9 @@ def main() -> None:
     for truth_path in tqdm([p for p in sorted(ns.folder.glob("*.json")) if is_ground_truth_file(p)],
                            desc="radiographs"):
         truth = read_ground_truth(truth_path)
-        result = predictor.predict_file(truth.image)
+        # PNG carries no trustworthy spacing: take the ground truth's, as the evaluation does
+        spacing = truth.pixel_spacing_mm if truth.image.suffix.lower() == ".png" else None
+        result = predictor.predict_file(truth.image, spacing)
         spacing = np.array(result.pixel_spacing_mm[::-1])
         for side, knee in result.knees.items():
             ref = truth.knees.get(side)

@@ -1,0 +1,54 @@
+"""The per-knee quality flag: each rule on its own, and a wrong pixel spacing caught end to end."""
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from kneel_monai.inference import KneelPredictor, default_model_dirs
+from kneel_monai.quality import QualityThresholds, assess_knee
+from kneel_monai.synthetic.generate import generate_radiograph
+
+GOOD = {"lateral_jsw_mm": 5.5, "medial_jsw_mm": 4.2, "tibial_plateau_width_mm": 78.0,
+        "femoral_condyle_width_mm": 76.0, "joint_line_angle_deg": 1.5}
+
+
+def test_a_typical_knee_is_ok():
+    assert assess_knee(np.full(16, 0.43), GOOD, np.full(16, 1.2)) == ("ok", [])
+
+
+@pytest.mark.parametrize("change, word", [
+    ({"confidence": np.full(16, 0.2)}, "low confidence"),
+    ({"spread": np.r_[np.full(15, 1.0), 3.0]}, "MC-dropout spread"),
+    ({"tibial_plateau_width_mm": 160.0}, "implausible tibial plateau width"),
+    ({"femoral_condyle_width_mm": 30.0}, "implausible femoral condyle width"),
+    ({"joint_line_angle_deg": -20.0}, "joint-line angle"),
+    ({"medial_jsw_mm": 22.0}, "medial joint space width"),
+])
+def test_each_rule_flags_with_its_reason(change, word):
+    confidence = change.pop("confidence", np.full(16, 0.43))
+    spread = change.pop("spread", None)
+    quality, reasons = assess_knee(confidence, {**GOOD, **change}, spread)
+    assert quality == "check" and len(reasons) == 1 and word in reasons[0], reasons
+
+
+def test_thresholds_are_settable():
+    strict = QualityThresholds(mean_confidence=0.5)
+    assert assess_knee(np.full(16, 0.43), GOOD, thresholds=strict)[0] == "check"
+
+
+def test_a_wrong_pixel_spacing_is_flagged():
+    """The same radiograph read with 2.5× its spacing: landmarks still found, measurements impossible → check."""
+    sample = generate_radiograph(7_100_001, spacing_mm=0.2, size=(1600, 1900))
+    predictor = KneelPredictor(*default_model_dirs(), device="cpu")
+    results = {}
+    for factor in (1.0, 2.5):
+        s = 0.2 * factor
+        image = MetaTensor(torch.from_numpy(sample.image)[None], affine=torch.diag(torch.tensor([s, s, 1.0],
+                                                                                                 dtype=torch.float64)))
+        results[factor] = predictor.predict_image(image, f"spacing x{factor}")
+    for side in ("R", "L"):
+        assert results[1.0].knees[side].quality == "ok", results[1.0].knees[side].quality_reasons
+        wrong = results[2.5].knees[side]
+        assert wrong.present and wrong.quality == "check"
+        assert any("implausible tibial plateau width" in r for r in wrong.quality_reasons), wrong.quality_reasons
