@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -111,6 +112,7 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     spacing = None
     if ns.spacing:
         spacing = ns.spacing[0] if len(ns.spacing) == 1 else tuple(ns.spacing[:2])
+    workers = ns.workers if ns.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 2)
     roi_dir, landmark_dir = resolve_model_dirs(ns.model, ns.roi_model)
     try:
         predictor = KneelPredictor(roi_dir, landmark_dir, device=ns.device, refine=not ns.no_refine,
@@ -121,7 +123,7 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
           f"{'off' if ns.no_refine else 'on'}; writing {','.join(formats)} to {ns.out}", flush=True)
     try:
         summary = predict_paths(predictor, ns.inputs, ns.out, formats=formats, spacing_mm=spacing,
-                                progress=not ns.no_progress, overwrite=ns.overwrite, workers=ns.workers)
+                                progress=not ns.no_progress, overwrite=ns.overwrite, workers=workers)
     except KeyboardInterrupt as err:
         print(f"\nkneel predict: {err or 'interrupted'}; every output written is complete", file=sys.stderr)
         return 130
@@ -176,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pixel spacing (one value, or row col) for files without one, e.g. PNG; overrides files'")
     pred.add_argument("--min-confidence", type=float, default=0.05,
                       help="a knee whose mean landmark confidence is below this is reported absent (default 0.05)")
-    pred.add_argument("--workers", type=int, default=1, help="reader processes ahead of the networks (default 1)")
+    pred.add_argument("--workers", type=int, default=None,
+                      help="reader processes ahead of the networks (default: 0 on a machine with 2 cores or fewer, "
+                      "where a reader only competes with the networks; else 2)")
     pred.add_argument("--overwrite", action="store_true", help="predict again radiographs already done")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar")
     pred.set_defaults(func=_cmd_predict)

@@ -14,14 +14,26 @@ from .landmarks import BONE_COLOURS, FEMUR_IDS, NUM_LANDMARKS, TIBIA_IDS
 __all__ = ["draw_landmarks_overlay", "draw_knee_measurements"]
 
 
-def _to_display(image) -> np.ndarray:
+def _to_display(image, max_side_px: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Grey values in [0, 1] for display, shrunk (area-averaged) to at most ``max_side_px``; and the original (H, W).
+
+    Shrinking before drawing keeps a full-size radiograph's overlay fast (matplotlib would resample
+    millions of pixels itself) and looks the same.
+    """
     a = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 2:
         raise ValueError(f"overlay needs a 2-D (H, W) or (1, H, W) image, got shape {a.shape}")
+    h, w = a.shape
+    if max_side_px and max(h, w) > max_side_px:
+        from PIL import Image
+
+        scale = max_side_px / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        a = np.asarray(Image.fromarray(a, mode="F").resize(size, Image.Resampling.BOX), dtype=np.float32)
     lo, hi = np.percentile(a, [1, 99.5])
-    return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1)
+    return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1), (h, w)
 
 
 def draw_landmarks_overlay(
@@ -46,14 +58,14 @@ def draw_landmarks_overlay(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    display = _to_display(image)
-    h, w = display.shape
+    display, (h, w) = _to_display(image, max_side_px)
     scale = min(1.0, max_side_px / max(h, w))
     dpi = 100
-    fig = Figure(figsize=(w * scale / dpi, h * scale / dpi), dpi=dpi)
+    fig = Figure(figsize=(display.shape[1] / dpi, display.shape[0] / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(display, cmap="gray", vmin=0, vmax=1, interpolation="antialiased")
+    # one picture pixel per display pixel; the extent keeps the axes in the radiograph's pixels
+    ax.imshow(display, cmap="gray", vmin=0, vmax=1, interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.axis("off")
@@ -85,7 +97,7 @@ def draw_landmarks_overlay(
     if title:
         ax.text(0.01 * w, 0.99 * h, title, color="white", fontsize=1.5 * font, va="bottom",
                 bbox=dict(facecolor="black", alpha=0.6, pad=2, linewidth=0))  # readable on bright borders too
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", pil_kwargs={"compress_level": 1}))
 
 
 def draw_knee_measurements(image, landmarks_px: np.ndarray, pixel_spacing_mm: tuple[float, float],
@@ -110,8 +122,7 @@ def draw_knee_measurements(image, landmarks_px: np.ndarray, pixel_spacing_mm: tu
         raise ValueError(f"expected ({NUM_LANDMARKS}, 2) landmarks, got {pts.shape}")
     sr, sc = pixel_spacing_mm
     m = knee_measurements(pts * np.array([sc, sr]))
-    display = _to_display(image)
-    h, w = display.shape
+    display, (h, w) = _to_display(image)
     mx, my = margin_mm / sc, margin_mm / sr
     x0, x1 = max(pts[:, 0].min() - mx, 0), min(pts[:, 0].max() + mx, w - 1)
     y0, y1 = max(pts[:, 1].min() - 2 * my, 0), min(pts[:, 1].max() + 2 * my, h - 1)
@@ -145,4 +156,4 @@ def draw_knee_measurements(image, landmarks_px: np.ndarray, pixel_spacing_mm: tu
     ax.text(0.02, 0.98, f"joint-line angle {m['joint_line_angle_deg']:+.1f}°" + (f"\n{title}" if title else ""),
             transform=ax.transAxes, color="white", fontsize=10, va="top",
             bbox=dict(facecolor="black", alpha=0.6, pad=3, linewidth=0))
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", pil_kwargs={"compress_level": 1}))
