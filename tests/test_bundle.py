@@ -109,7 +109,9 @@ def test_metadata_describes_both_models():
                 "data_source", "data_type", "image_classes", "label_classes", "pred_classes", "intended_use",
                 "references", "network_data_format"):
         assert key in meta, key
-    assert meta["version"] == "0.1.0" and meta["version"] in meta["changelog"]
+    from kneel_monai import __version__
+
+    assert meta["version"] == __version__ and meta["version"] in meta["changelog"]
     assert any("1907.12237" in r for r in meta["references"])
     for name, points in (("landmarks", 16), ("roi", 1)):
         fmt = meta["kneel_models"][name]["network_data_format"]
