@@ -224,7 +224,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fold
         if not weight_path.is_file():
             raise ModelFormatError(f"{weight_path}: weight file listed in {CONFIG_NAME} is missing")
         net = KneelHourglassNet(**args) if networks else template
-        sd = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(weight_path)).items()}
+        try:
+            tensors = load_file(str(weight_path))
+        except Exception as err:  # safetensors raises its own error types for damaged or foreign files
+            raise ModelFormatError(f"{weight_path}: not a readable safetensors file ({type(err).__name__}: "
+                                   f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
+        sd = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
         load_state_dict_strict(net, sd, str(weight_path))
         networks.append(net.to(device).eval())
     return KneelModel(

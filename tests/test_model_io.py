@@ -78,6 +78,11 @@ def test_load_errors_name_the_file(tmp_path):
     config_path.write_text(json.dumps({**config, "weights": ["fold_7.safetensors"]}))
     with pytest.raises(ModelFormatError, match="fold_7.safetensors.*missing"):
         load_model(folder)
+    config_path.write_text(json.dumps(config))
+    weights = folder / config["weights"][0]
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
+    with pytest.raises(ModelFormatError, match=r"fold_0\.safetensors: not a readable safetensors file"):
+        load_model(folder)
 
 
 def test_wrong_weights_for_the_network(tmp_path):
