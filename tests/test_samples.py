@@ -20,7 +20,11 @@ def test_sample_is_the_generators_synthetic_radiograph(tmp_path):
         sys.path.remove(str(SAMPLES))
     image_path, truth_path = make_sample(tmp_path)
     shipped = SAMPLES / "synthetic_bilateral_knee.dcm"
-    np.testing.assert_array_equal(read_radiograph(shipped).numpy(), read_radiograph(image_path).numpy())
+    a, b = read_radiograph(shipped).numpy(), read_radiograph(image_path).numpy()
+    # the renderer's float sums depend on the thread count: a handful of pixels can round to the
+    # neighbouring grey level; anything more is a different image
+    diff = np.abs(a - b)
+    assert diff.max() <= 1 and np.count_nonzero(diff) < 1e-4 * diff.size, (diff.max(), np.count_nonzero(diff))
     assert json.loads((SAMPLES / "synthetic_bilateral_knee.json").read_text())["knees"] == \
         json.loads(truth_path.read_text())["knees"]
     header = pydicom.dcmread(shipped, stop_before_pixels=True)
