@@ -45,3 +45,22 @@ def markups_schema() -> dict:
 def kneel_csv_path() -> Path:
     return require_shared("data/kneel_oai_landmarks_0.3mm.csv")
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_threads(request):
+    """Torch threads for a test module that sets ``TORCH_THREADS`` (others keep the default).
+
+    Width-8 test networks gain nothing from threads, and 2 threads beside another busy process are
+    far slower; the shipped models' tests want both cores.
+    """
+    wanted = getattr(request.module, "TORCH_THREADS", None)
+    if wanted is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(wanted)
+    yield
+    torch.set_num_threads(before)

@@ -60,13 +60,7 @@ def messages(err: BaseException) -> str:
     return "\n".join(out)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Width-8 networks gain nothing from threads, and 2 threads beside another busy process are far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 1  # see conftest.torch_threads
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ BAD = {"truncated.dcm": "truncated", "cat.jpg": "RGB", "screenshot.png": "RGB", 
        "empty.dcm": "empty"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 2  # see conftest.torch_threads
 
 
 @pytest.fixture(scope="module")

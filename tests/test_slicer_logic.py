@@ -65,12 +65,7 @@ from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph
 SEED = 9_100_002  # a held-out synthetic radiograph (never used in training)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 2  # see conftest.torch_threads
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +91,6 @@ def results(predicted):
     return predicted["logic"].add_results(predicted["request"], predicted["prediction"])
 
 
-def _positions(node) -> np.ndarray:
-    out = np.zeros((node.GetNumberOfControlPoints(), 3))
-    for i in range(len(out)):
-        p = [0.0, 0.0, 0.0]
-        node.GetNthControlPointPosition(i, p)
-        out[i] = p
-    return out
-
-
 # --------------------------------------------------------------------------- the landmarks on the image
 def test_the_volume_geometry_is_not_trivial(predicted):
     matrix = ijk_to_ras_matrix(predicted["volume"])
@@ -121,7 +107,7 @@ def test_fiducials_sit_on_the_ground_truth_in_ras(predicted, results):
     matrix = ijk_to_ras_matrix(predicted["volume"])
     for side, node in results.knees.items():
         expected = pixels_to_ras(predicted["prediction"]["knees"][side]["landmarks_px"], matrix)
-        assert np.allclose(_positions(node), expected, atol=1e-6)
+        assert np.allclose(kt.control_point_positions(node), expected, atol=1e-6)
 
 
 def test_the_measurements_table_has_a_row_per_measurement_and_a_column_per_knee(predicted, results):
@@ -186,11 +172,11 @@ def test_the_table_follows_points_only_through_observers_which_come_back_after_a
     node, column = results.knees["L"], results.table.GetTable().GetColumnByName("Left knee")
     logic.stop_observing()
     width = column.GetValue(2)
-    node.SetNthControlPointPosition(0, *(_positions(node)[0] + [5.0, 0.0, 0.0]))
+    node.SetNthControlPointPosition(0, *(kt.control_point_positions(node)[0] + [5.0, 0.0, 0.0]))
     assert column.GetValue(2) == width  # nobody observes: the table keeps its value
     other = LandmarksLogic(scene)  # e.g. the module's logic after a scene was loaded
     assert other.observe_results() == 2
-    node.SetNthControlPointPosition(0, *(_positions(node)[0] + [5.0, 0.0, 0.0]))
+    node.SetNthControlPointPosition(0, *(kt.control_point_positions(node)[0] + [5.0, 0.0, 0.0]))
     _, mm = other.knee_geometry(node)
     assert column.GetValue(2) != width
     assert np.isclose(column.GetValue(2), knee_measurements(mm)["tibial_plateau_width_mm"])
@@ -210,7 +196,7 @@ def test_saved_markups_are_schema_valid_and_reload_identically(predicted, result
         assert markup["display"]["selectedColor"] == [1.0, 0.0, 0.0]  # tibia (selected points)
         assert markup["display"]["color"] == [0.0, 0.8, 0.0]  # femur
         lps = np.array([cp["position"] for cp in markup["controlPoints"]])
-        ras = _positions(results.knees[side])
+        ras = kt.control_point_positions(results.knees[side])
         assert markup["coordinateSystem"] == "LPS" and np.allclose(lps, ras * [-1, -1, 1], atol=1e-3)
 
 
@@ -218,7 +204,7 @@ def test_the_cohort_csv_row_carries_the_edits(predicted, results, tmp_path):
     logic, volume = predicted["logic"], predicted["volume"]
     node = results.knees["R"]
     index = node.GetNthControlPointIndexByID(json.loads(node.GetAttribute(rn.POINT_IDS))[8])
-    moved_to = _positions(node)[index] + 3.0 * ijk_to_ras_matrix(volume)[:3, 0] / np.linalg.norm(
+    moved_to = kt.control_point_positions(node)[index] + 3.0 * ijk_to_ras_matrix(volume)[:3, 0] / np.linalg.norm(
         ijk_to_ras_matrix(volume)[:3, 0])
     node.SetNthControlPointPosition(index, *moved_to)
     path = tmp_path / "cohort.csv"

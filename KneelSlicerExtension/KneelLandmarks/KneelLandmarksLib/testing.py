@@ -19,7 +19,7 @@ from .geometry import ijk_to_ras_matrix, numpy_matrix, pixels_to_ras, vtk_matrix
 from .volume import KneelInputError
 
 __all__ = [
-    "check_bad_inputs", "check_failed_add_rolls_back", "check_landmarks_on_truth",
+    "check_bad_inputs", "check_failed_add_rolls_back", "check_landmarks_on_truth", "control_point_positions",
     "check_point_drag_updates_table", "check_save_and_reload", "make_volume", "node_count", "rotation",
     "synthetic_knee_volume", "truth_ras",
 ]
@@ -86,7 +86,8 @@ def node_count(scene) -> int:
     return scene.GetNumberOfNodes()
 
 
-def _positions(node) -> np.ndarray:
+def control_point_positions(node) -> np.ndarray:
+    """``(N, 3)`` RAS positions of a markups node's control points."""
     out = np.zeros((node.GetNumberOfControlPoints(), 3))
     for i in range(len(out)):
         p = [0.0, 0.0, 0.0]
@@ -121,7 +122,7 @@ def check_landmarks_on_truth(results, volume, sample, max_mm: float = 10.0, mean
         display = node.GetDisplayNode()
         assert np.allclose(display.GetSelectedColor(), BONE_COLOURS["tibia"])
         assert np.allclose(display.GetColor(), BONE_COLOURS["femur"])
-        errors[side] = np.linalg.norm(_positions(node) - expected, axis=1)
+        errors[side] = np.linalg.norm(control_point_positions(node) - expected, axis=1)
     pooled = np.concatenate(list(errors.values()))
     assert pooled.max() < max_mm and pooled.mean() < mean_mm, \
         f"RAS errors: max {pooled.max():.2f} mm, mean {pooled.mean():.2f} mm"
@@ -185,7 +186,7 @@ def check_save_and_reload(logic, scene, volume, results, folder) -> list[Path]:
             for i in range(16):
                 assert reloaded.GetNthControlPointLabel(i) == original.GetNthControlPointLabel(i)
                 assert reloaded.GetNthControlPointSelected(i) == original.GetNthControlPointSelected(i)
-            assert np.allclose(_positions(reloaded), _positions(original), atol=1e-3)
+            assert np.allclose(control_point_positions(reloaded), control_point_positions(original), atol=1e-3)
         finally:
             rn.remove_nodes(scene, [reloaded])
         assert node_count(scene) == count
