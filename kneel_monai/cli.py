@@ -137,6 +137,28 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     return 1 if summary["n_failed"] else 0
 
 
+def _cmd_label_server(ns: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("monailabel")
+    if exe is None:
+        raise CommandError("monailabel is not installed; see docs/label.md (pip install -e '.[label]', then "
+                           "pip install --no-deps monailabel==0.8.5 pydicom-seg==0.4.1)")
+    app = Path(ns.app) if ns.app else Path(__file__).resolve().parent.parent / "monailabel_app"
+    if not (app / "main.py").is_file():
+        raise CommandError(f"{app}: not the MONAI Label app folder (no main.py); pass --app")
+    cmd = [exe, "start_server", "--app", str(app), "--studies", ns.studies, "--host", ns.host, "--port", str(ns.port),
+           "--conf", "models", "kneel_landmarks"]
+    for key, value in (("state_dir", ns.state_dir), ("device", ns.device), ("model", ns.model)):
+        if value:
+            cmd += ["--conf", key, value]
+    env = {**os.environ}
+    env.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
+    print(" ".join(cmd), flush=True)
+    return subprocess.call(cmd, env=env)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kneel", description="Knee landmark localisation (KNEEL) tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -203,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     oai.add_argument("--folds", type=int, default=5)
     oai.add_argument("--seed", type=int, default=42)
     oai.set_defaults(func=_cmd_build_oai)
+
+    label = sub.add_parser("label-server", help="start the MONAI Label app (active annotation) on a studies folder "
+                           "or DICOMweb URL", description="Runs `monailabel start_server --app monailabel_app "
+                           "--studies STUDIES --conf models kneel_landmarks` (see docs/label.md).")
+    label.add_argument("studies", help="folder of radiographs, or a DICOMweb URL")
+    label.add_argument("--host", default="127.0.0.1")
+    label.add_argument("--port", type=int, default=8000)
+    label.add_argument("--state-dir", help="trained models and scores (default <studies>/.kneel_label)")
+    label.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    label.add_argument("--model", help="starting models (as for `kneel predict --model`; default the shipped ones)")
+    label.add_argument("--app", help="the app folder (default: monailabel_app beside the package)")
+    label.set_defaults(func=_cmd_label_server)
 
     from .synthetic.cli import add_synth_parser  # `kneel synth` lives with the generator
 

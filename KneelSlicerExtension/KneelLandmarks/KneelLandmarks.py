@@ -30,6 +30,8 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 
+SERVER_IMAGE_ATTRIBUTE = "KneelLandmarks.labelImageId"  # the MONAI Label image id of a volume from "Next sample"
+
 #
 # KneelLandmarks
 #
@@ -131,7 +133,12 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.defaultModelButton.connect("clicked(bool)", self.onDefaultModel)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateResultsPanel)
+        self.ui.connectButton.connect("clicked(bool)", self.onConnect)
+        self.ui.nextSampleButton.connect("clicked(bool)", self.onNextSample)
+        self.ui.submitLabelButton.connect("clicked(bool)", self.onSubmitLabel)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.progressBar.hide()
+        self._server = None
 
         self.initializeParameterNode()
         self.updateResultsPanel()
@@ -341,6 +348,55 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not export the cohort CSV row."), waitCursor=True):
             written = self.logic.export_cohort_csv(volume, path)
             self._setStatus(_("Cohort CSV rows written to {path}.").format(path=written))
+
+
+    # ---- MONAI Label server (KneelLandmarksLib.server); short requests, run with a wait cursor
+    def onConnect(self) -> None:
+        from KneelLandmarksLib.server import LabelServer
+
+        with slicer.util.tryWithErrorDisplay(_("Could not connect to the MONAI Label server."), waitCursor=True):
+            server = LabelServer(self.ui.serverUrlLineEdit.text.strip() or "http://127.0.0.1:8000")
+            info = server.info()
+            self._server = server
+            self.ui.serverStatusLabel.text = _("Connected to {url}: {name}, model '{model}'.").format(
+                url=server.url, name=info.get("name", "MONAI Label"), model=server.model)
+
+    def onNextSample(self) -> None:
+        if self._server is None:
+            self.onConnect()
+        if self._server is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not get the next sample."), waitCursor=True):
+            strategy = self.ui.strategyComboBox.currentText
+            image_id = self._server.next_sample(strategy)
+            path = self._server.download_image(image_id, slicer.app.temporaryPath + "/KneelLandmarks")
+            volume = slicer.util.loadVolume(str(path))
+            volume.SetAttribute(SERVER_IMAGE_ATTRIBUTE, image_id)
+            self.ui.inputSelector.setCurrentNode(volume)
+            results = self.logic.add_results(self.logic.prepare(volume, device="cpu"), self._server.infer(image_id))
+            self.ui.serverStatusLabel.text = _("'{image}' ({strategy}): correct the landmarks, then Submit label.").format(
+                image=image_id, strategy=strategy)
+            self._setStatus(" ".join(results.messages))
+            self.updateResultsPanel()
+
+    def onSubmitLabel(self) -> None:
+        volume = self.ui.inputSelector.currentNode()
+        image_id = volume.GetAttribute(SERVER_IMAGE_ATTRIBUTE) if volume is not None else None
+        if self._server is None or not image_id:
+            self.ui.serverStatusLabel.text = _("Load a radiograph with Next sample first: it has no server image id.")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not submit the label."), waitCursor=True):
+            self._server.submit(image_id, self.logic.edited_prediction(volume))
+            self.ui.serverStatusLabel.text = _("Label of '{image}' stored on the server.").format(image=image_id)
+
+    def onTrain(self) -> None:
+        if self._server is None:
+            self.onConnect()
+        if self._server is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
+            self._server.train()
+            self.ui.serverStatusLabel.text = _("Training started on the server; its next answers use the new model.")
 
 
 #

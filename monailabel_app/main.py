@@ -1,0 +1,87 @@
+"""MONAI Label app for KNEEL knee landmarks (issue 8).
+
+    monailabel start_server --app monailabel_app --studies <folder or DICOMweb URL> --conf models kneel_landmarks
+
+All logic lives in ``kneel_monai.label`` (label checks and conversion) and
+``kneel_monai.label.server`` (datastore, infer/train/scoring/strategy tasks); this file wires them.
+
+``--conf`` keys: ``models`` (``kneel_landmarks``), ``state_dir`` (trained models and scores;
+default ``<studies>/.kneel_label``, or a per-user cache folder for a DICOMweb URL),
+``model`` (a bundle/model folder for the starting models; default the shipped ones),
+``device`` (``auto``/``cpu``/``cuda``), ``mc_samples`` (dropout passes for the epistemic score, 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+from kneel_monai.inference import resolve_device, resolve_model_dirs
+from kneel_monai.label.server import (IMAGE_EXTENSIONS, MODEL_NAME, dicomweb_datastore, KneelDatastore, KneelEpistemicScoring,
+                                      KneelEpistemicStrategy, KneelInferTask, KneelTrainTask, ModelStore,
+                                      _PredictorCache)
+
+logger = logging.getLogger(__name__)
+BUNDLE_DIR = Path(__file__).resolve().parent.parent / "bundles" / "kneel_landmarks"
+
+
+class KneelLabelApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        models = [m.strip() for m in (conf or {}).get("models", MODEL_NAME).split(",") if m.strip()]
+        unknown = sorted(set(models) - {MODEL_NAME, "all"})
+        if unknown:
+            raise ValueError(f"--conf models: unknown {', '.join(unknown)}; this app serves '{MODEL_NAME}'")
+        if studies.startswith(("http://", "https://")):
+            default_state = Path.home() / ".cache" / "kneel-monai" / "label" / hashlib.sha1(studies.encode()).hexdigest()[:12]
+        else:
+            default_state = Path(studies) / ".kneel_label"
+        self.state_dir = Path(conf.get("state_dir") or default_state)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        roi_dir, landmark_dir = resolve_model_dirs(conf.get("model") or None)
+        self.device = str(resolve_device(conf.get("device", "auto")))
+        self.store = ModelStore(self.state_dir, roi_dir, landmark_dir)
+        self.predictors = _PredictorCache(self.store, self.device)
+        self.mc_samples = int(conf.get("mc_samples", 4))
+        self._scoring = KneelEpistemicScoring(self.predictors, str(self.state_dir), mc_samples=self.mc_samples)
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="KNEEL knee landmarks",
+                         description="Active annotation of 16 knee landmarks per knee on plain radiographs",
+                         version="1", labels=["Right knee", "Left knee"])
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):  # a PACS (e.g. Orthanc) over DICOMweb
+            search = {"Modality": self.conf["modality"]} if self.conf.get("modality") else {}
+            return dicomweb_datastore(self.studies, search, str(self.state_dir / "dicomweb"))
+        # radiograph patterns: --conf image_ext "*.dcm,*.png", else MONAI_LABEL_DATASTORE_FILE_EXT when the user
+        # changed it from MONAI Label's default (which has no *.dcm), else ours; labels are always *.mrk.json
+        extensions = IMAGE_EXTENSIONS
+        default = type(settings).model_fields["MONAI_LABEL_DATASTORE_FILE_EXT"].default
+        if self.conf.get("image_ext"):
+            extensions = tuple(e.strip() for e in self.conf["image_ext"].split(",") if e.strip())
+        elif list(settings.MONAI_LABEL_DATASTORE_FILE_EXT) != list(default):
+            extensions = tuple(settings.MONAI_LABEL_DATASTORE_FILE_EXT)
+        return KneelDatastore(self.studies, image_extensions=extensions,
+                              auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                              read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+
+    def _download_dcmqi_tools(self):
+        # MONAI Label fetches dcmqi (DICOM SEG conversion) from the internet when the studies are DICOMweb;
+        # landmark labels are markups, never DICOM SEG, and nothing may be downloaded at run time
+        logger.info("DICOMweb studies: dcmqi not needed (landmark labels are .mrk.json), not downloaded")
+
+    def init_infers(self):
+        return {MODEL_NAME: KneelInferTask(self.predictors)}
+
+    def init_trainers(self):
+        return {MODEL_NAME: KneelTrainTask(self.store, str(BUNDLE_DIR), str(self.state_dir), device=self.device)}
+
+    def init_scoring_methods(self):
+        return {"kneel_epistemic": self._scoring}
+
+    def init_strategies(self):
+        return {"random": Random(), "first": First(), "kneel_epistemic": KneelEpistemicStrategy(self._scoring)}

@@ -1,0 +1,113 @@
+"""A real MONAI Label server for tests: ``monailabel start_server`` on a free 127.0.0.1 port.
+
+Reusable (Orthanc/DICOMweb and Slicer-client tests)::
+
+    from label_server import running_label_server
+    with running_label_server(studies, tmp_path / "state") as url:   # studies: a folder or a DICOMweb URL
+        requests.get(url + "/info/")
+
+All server state (sessions, trained models, scores, matplotlib cache) is under ``state``;
+``MONAI_LABEL_TRACKING_ENABLED=false``. Skips when ``monailabel`` is not installed (fails under CI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP_DIR = REPO_ROOT / "monailabel_app"
+
+
+def require_monailabel() -> str:
+    exe = shutil.which("monailabel")
+    try:
+        import monailabel  # noqa: F401
+    except ImportError:
+        exe = None
+    if exe is None:
+        message = "monailabel is not installed (see docs/label.md: two-step install)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return exe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_label_server(studies: str | os.PathLike, state: str | os.PathLike, conf: dict[str, str] | None = None,
+                         env: dict[str, str] | None = None, timeout: float = 120.0):
+    """Start the app on ``studies``; yield its base URL; stop it (its whole process group)."""
+    import requests
+
+    exe = require_monailabel()
+    state = Path(state)
+    state.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = {"models": "kneel_landmarks", "state_dir": str(state / "app"), "device": "cpu", **(conf or {})}
+    cmd = [exe, "start_server", "--app", str(APP_DIR), "--studies", str(studies), "--host", "127.0.0.1",
+           "--port", str(port)]
+    for k, v in conf.items():
+        cmd += ["--conf", k, v]
+    full_env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false", "MONAI_LABEL_SESSION_PATH": str(state / "sessions"),
+                "MPLCONFIGDIR": str(state / "mpl"), "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1",
+                **(env or {})}
+    log = open(state / f"server_{port}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=str(state),
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"monailabel exited ({proc.returncode}); log:\n"
+                                   + (state / f"server_{port}.log").read_text()[-4000:])
+            try:
+                if requests.get(url + "/info/", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("monailabel did not answer /info in time; log:\n"
+                                   + (state / f"server_{port}.log").read_text()[-4000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        log.close()
+
+
+def wait_for_training(url: str, timeout: float = 300.0) -> dict:
+    """Poll ``GET /train/`` until the running task ends; return its final status."""
+    import requests
+
+    deadline = time.time() + timeout
+    while requests.get(url + "/train/", params={"check_if_running": "true"}).status_code == 200:
+        if time.time() > deadline:
+            raise TimeoutError("training still running")
+        time.sleep(1)
+    return requests.get(url + "/train/").json()
+
+
+def python() -> str:
+    return sys.executable

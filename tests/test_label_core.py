@@ -1,0 +1,99 @@
+"""Label checks and conversion (``kneel_monai.label``) without a server: ids, malformed labels, pixel round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kneel_monai.inference import KneeResult, RadiographResult
+from kneel_monai.io.markups import markups_dict
+from kneel_monai.label import LabelError, check_id, epistemic_score, label_to_pixels, parse_label
+
+SPACING = (0.3, 0.25)
+SIZE = (1100, 1300)
+
+
+def result(knees=("R", "L"), seed=0) -> RadiographResult:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for side in ("R", "L"):
+        if side in knees:
+            pts = rng.uniform([50, 50], [1250, 1050], size=(16, 2))
+            out[side] = KneeResult(side, True, landmarks_px=pts, confidence=np.full(16, 0.9))
+        else:
+            out[side] = KneeResult(side, False, reason="no knee found")
+    return RadiographResult("x.dcm", SIZE, SPACING, "test", out)
+
+
+def test_pixels_round_trip_exactly_through_lps_and_ras():
+    res = result()
+    data = markups_dict(res)
+    px = label_to_pixels(parse_label(json.dumps(data)), SPACING, SIZE)
+    for side in ("R", "L"):
+        np.testing.assert_allclose(px[side], res.knees[side].landmarks_px, atol=1e-9)
+    for markup in data["markups"]:  # the same points written in RAS by Slicer
+        markup["coordinateSystem"] = "RAS"
+        for cp in markup["controlPoints"]:
+            cp["position"] = [-cp["position"][0], -cp["position"][1], cp["position"][2]]
+    px = label_to_pixels(parse_label(data), SPACING, SIZE)
+    np.testing.assert_allclose(px["L"], res.knees["L"].landmarks_px, atol=1e-9)
+
+
+def test_points_matched_by_label_not_order():
+    res = result()
+    data = markups_dict(res)
+    data["markups"][0]["controlPoints"].reverse()
+    px = label_to_pixels(parse_label(data), SPACING, SIZE)
+    np.testing.assert_allclose(px["R"], res.knees["R"].landmarks_px, atol=1e-9)
+
+
+@pytest.mark.parametrize("bad_id", ["../etc", "a/b", "..", "", "a\\b", ".hidden", "x" * 300])
+def test_bad_ids(bad_id):
+    with pytest.raises(LabelError) as info:
+        check_id(bad_id)
+    assert info.value.status == 400
+
+
+def _mutate(fn):
+    data = markups_dict(result())
+    fn(data)
+    return data
+
+
+@pytest.mark.parametrize("content,status,words", [
+    (b"{not json", 400, "not JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (_mutate(lambda d: d.pop("@schema")), 422, "@schema"),
+    (_mutate(lambda d: d["markups"][0]["controlPoints"].pop()), 422, "15 control points"),
+    (_mutate(lambda d: d["markups"][0].update(type="Curve")), 422, "Fiducial"),
+    (_mutate(lambda d: d["markups"][0]["controlPoints"][3].update(position=[1, "a", 0])), 422, "position"),
+    (_mutate(lambda d: d["markups"].pop(1)), 422, "only one knee"),
+    (_mutate(lambda d: d["markups"].append(d["markups"][0])), 422, "twice"),
+    (_mutate(lambda d: d["markups"][0]["controlPoints"][2].update(positionStatus="undefined")), 422, "not placed"),
+])
+def test_bad_labels(content, status, words):
+    with pytest.raises(LabelError) as info:
+        parse_label(content if isinstance(content, bytes) else json.dumps(content))
+    assert info.value.status == status and words in str(info.value)
+
+
+def test_one_knee_marked_absent_is_accepted():
+    data = markups_dict(result(knees=("R",)))
+    label = parse_label(data)
+    assert label["L"] is None and label.absent == {"L": "no knee found"}
+
+
+def test_label_for_another_image_is_rejected():
+    label = parse_label(markups_dict(result()))
+    with pytest.raises(LabelError, match="spacing"):
+        label_to_pixels(label, (0.15, 0.15), SIZE)
+    with pytest.raises(LabelError, match="outside"):
+        label_to_pixels(label, SPACING, (300, 300))
+
+
+def test_epistemic_score():
+    knees = {"R": {"present": True, "spread_mm": [1.0] * 16}, "L": {"present": True, "spread_mm": [3.0] * 16}}
+    assert epistemic_score({"knees": knees}) == pytest.approx(2.0)
+    assert epistemic_score({"knees": {"R": {"present": False, "spread_mm": None}}}) == float("inf")
