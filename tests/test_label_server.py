@@ -12,12 +12,15 @@ Endpoints used (what a client sends):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from label_server import require_monailabel, running_label_server, wait_for_training
 
@@ -217,3 +220,39 @@ def test_restart_keeps_every_label(server, studies):
         assert finals == {"knee_1", "knee_3", "one_knee"}
         assert ds["knee_1"]["labels"]["final"]["info"]["knees"] == ["R", "L"]  # the index survived, not only files
     assert stored(studies) == before
+
+
+def test_kneel_label_server_shortcut_starts_the_app(tmp_path):
+    """`kneel label-server STUDIES` runs `monailabel start_server` on the app; /info answers, Ctrl-C-like stop."""
+    import signal
+    import subprocess
+    import sys
+
+    from label_server import free_port, require_monailabel
+
+    require_monailabel()
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    port = free_port()
+    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(tmp_path / "sessions"), "MPLCONFIGDIR": str(tmp_path / "mpl"),
+           "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+    env.pop("MONAI_LABEL_TRACKING_ENABLED", None)  # the shortcut turns tracking off by itself
+    proc = subprocess.Popen([sys.executable, "-m", "kneel_monai.cli", "label-server", str(studies), "--port",
+                             str(port), "--state-dir", str(tmp_path / "state"), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
+            try:
+                info = requests.get(f"http://127.0.0.1:{port}/info/", timeout=5)
+                if info.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline, "kneel label-server did not answer /info"
+            time.sleep(0.5)
+        assert "kneel_landmarks" in info.json()["models"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
