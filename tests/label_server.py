@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
+from servers import free_port, missing, wait_until_up
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_DIR = REPO_ROOT / "monailabel_app"
@@ -34,24 +33,14 @@ def require_monailabel() -> str:
     except ImportError:
         exe = None
     if exe is None:
-        message = "monailabel is not installed (see docs/label.md: two-step install)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("monailabel is not installed (see docs/label.md: two-step install)")
     return exe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
 def running_label_server(studies: str | os.PathLike, state: str | os.PathLike, conf: dict[str, str] | None = None,
                          env: dict[str, str] | None = None, timeout: float = 120.0):
     """Start the app on ``studies``; yield its base URL; stop it (its whole process group)."""
-    import requests
 
     exe = require_monailabel()
     state = Path(state)
@@ -71,20 +60,7 @@ def running_label_server(studies: str | os.PathLike, state: str | os.PathLike, c
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"monailabel exited ({proc.returncode}); log:\n"
-                                   + (state / f"server_{port}.log").read_text()[-4000:])
-            try:
-                if requests.get(url + "/info/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("monailabel did not answer /info in time; log:\n"
-                                   + (state / f"server_{port}.log").read_text()[-4000:])
-            time.sleep(0.5)
+        wait_until_up(proc, url + "/info/", state / f"server_{port}.log", "monailabel", timeout)
         yield url
     finally:
         if proc.poll() is None:

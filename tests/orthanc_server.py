@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from servers import free_port, missing, wait_until_up
 
 PLUGIN_FOLDERS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
 DICOMWEB_PLUGIN = "libOrthancDicomWeb.so"
@@ -37,15 +36,11 @@ def orthanc_missing() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read()
+def require_orthanc() -> None:
+    """Skip (locally) or fail (under CI) when Orthanc with DICOMweb cannot run here."""
+    why = orthanc_missing()
+    if why:
+        missing(why)
 
 
 @contextlib.contextmanager
@@ -78,18 +73,7 @@ def start_orthanc(folder: Path, startup_s: float = 30.0) -> Iterator[dict]:
     process = subprocess.Popen(["Orthanc", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
     try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with code {process.returncode}: "
-                                   f"{(folder / 'orthanc.log').read_text(errors='replace')[-2000:]}")
-            try:
-                json.loads(_get(f"{url}/system"))
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"Orthanc did not answer on {url} within {startup_s} s") from None
-                time.sleep(0.2)
+        wait_until_up(process, f"{url}/system", folder / "orthanc.log", "Orthanc", startup_s)
         yield {"url": url, "dicomweb": f"{url}/dicom-web", "process": process, "log": folder / "orthanc.log"}
     finally:
         process.terminate()

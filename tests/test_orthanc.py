@@ -6,12 +6,11 @@ spacing as the original.
 """
 
 import json
-import os
 import urllib.request
 
 import numpy as np
 import pytest
-from orthanc_server import orthanc_missing, start_orthanc, upload
+from orthanc_server import require_orthanc, start_orthanc, upload
 
 from kneel_monai.io import read_radiograph
 from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph
@@ -19,11 +18,7 @@ from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
-    why = orthanc_missing()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"{why}; CI must install it (.ci/run does)")
-        pytest.skip(why)
+    require_orthanc()
     root = tmp_path_factory.mktemp("orthanc")
     files = []
     for i, knees in enumerate((("R", "L"), ("R",))):
