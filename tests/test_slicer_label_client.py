@@ -50,17 +50,6 @@ def server(tmp_path_factory):
         yield url, truth, root
 
 
-def _read_with_slicer(scene, path):
-    """Load a file as Slicer's Add Data does (the volume archetype storage node)."""
-    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", Path(path).stem)
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(path))
-    storage.SetSingleFile(True)
-    assert storage.ReadData(volume)
-    volume.SetAndObserveStorageNodeID(storage.GetID())
-    return volume
-
-
 def test_next_sample_infer_edit_submit(server, tmp_path):
     url, truth, _ = server
     client = LabelServer(url)
@@ -73,7 +62,7 @@ def test_next_sample_infer_edit_submit(server, tmp_path):
     prediction = client.infer(image_id)
     scene = vtkMRMLScene()
     logic = LandmarksLogic(scene)
-    volume = _read_with_slicer(scene, path)
+    volume = kt.read_volume_file(scene, path)
     results = logic.add_results(logic.prepare(volume, device="cpu"), prediction)
     kt.check_landmarks_on_truth(results, volume, truth[image_id])  # the server's landmarks sit on the knees
 

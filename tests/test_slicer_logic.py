@@ -274,24 +274,13 @@ def test_a_volume_removed_while_the_model_ran(predicted):
 
 
 # --------------------------------------------------------------------------- the spacing trap
-def _read_with_slicer(scene, path):
-    """Load a file as Slicer's Add Data does (the volume archetype storage node, ITK/GDCM underneath)."""
-    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", Path(path).stem)
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(path))
-    storage.SetSingleFile(True)
-    assert storage.ReadData(volume)
-    volume.SetAndObserveStorageNodeID(storage.GetID())
-    return volume
-
-
 def test_spacing_trap_dicom_read_by_slicer_with_1mm_pixels_is_corrected(tmp_path):
     predictor = KneelPredictor(*default_model_dirs(), device="cpu", refine=False)  # one stage-2 pass: quicker
     sample = generate_radiograph(9_100_005, spacing_mm=(0.4, 0.35), size=(800, 900))
     path, _ = write_radiograph(sample, tmp_path, "dx_pixelspacing_only", spacing_tag="PixelSpacing")
     scene = vtkMRMLScene()
     logic = LandmarksLogic(scene)
-    volume = _read_with_slicer(scene, path)
+    volume = kt.read_volume_file(scene, path)
     assert volume.GetSpacing() == (1.0, 1.0, 1.0)  # the trap: Slicer's reader ignored the spacing tag
     request = logic.prepare(volume, device="cpu")
     spacing = request.radiograph.spacing
@@ -318,7 +307,7 @@ def test_a_monochrome1_dicom_reaches_the_model_as_kneel_reads_it(tmp_path):
     sample = generate_radiograph(9_100_007, spacing_mm=0.4, size=(700, 800))
     path, _ = write_radiograph(sample, tmp_path, "cr_monochrome1", modality="CR", photometric="MONOCHROME1")
     scene = vtkMRMLScene()
-    request = LandmarksLogic(scene).prepare(_read_with_slicer(scene, path))
+    request = LandmarksLogic(scene).prepare(kt.read_volume_file(scene, path))
     assert np.array_equal(request.radiograph.pixels, read_radiograph(path)[0].numpy())
     assert not request.radiograph.spacing.corrected and request.radiograph.messages == []
 

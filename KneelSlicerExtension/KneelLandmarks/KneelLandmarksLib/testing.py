@@ -20,6 +20,7 @@ from .volume import KneelInputError
 
 __all__ = [
     "check_bad_inputs", "check_failed_add_rolls_back", "check_landmarks_on_truth", "control_point_positions",
+    "read_volume_file",
     "check_point_drag_updates_table", "check_save_and_reload", "make_volume", "node_count", "rotation",
     "synthetic_knee_volume", "truth_ras",
 ]
@@ -84,6 +85,18 @@ def truth_ras(volume, sample) -> dict[str, np.ndarray | None]:
 
 def node_count(scene) -> int:
     return scene.GetNumberOfNodes()
+
+
+def read_volume_file(scene, path):
+    """Load a file as Slicer's Add Data does (the volume archetype storage node, ITK/GDCM underneath)."""
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", Path(path).stem)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    storage.SetSingleFile(True)
+    if not storage.ReadData(volume):
+        raise OSError(f"{path}: Slicer's volume reader could not read it")
+    volume.SetAndObserveStorageNodeID(storage.GetID())
+    return volume
 
 
 def control_point_positions(node) -> np.ndarray:
