@@ -126,6 +126,10 @@ def test_train_then_resume_continues_the_epoch_count(trained, dataset):
     assert model.task == "landmarks" and model.preprocessing["crop_size"] == 224
 
     assert list((out / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard log"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(out / "tensorboard")).Reload().Tags()["scalars"]
+    assert {"train_loss", "learning_rate", "val_pck"} <= set(logged), logged  # on disk after the epoch
 
     # resumed with a learning-rate drop at epoch 2 that the first run did not have: the drop happens
     wf = run(["train"], "training", bundle_root=str(root), dataset_dir=str(dataset / "lists"),

@@ -361,10 +361,14 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.serverStatusLabel.text = _("Connected to {url}: {name}, model '{model}'.").format(
                 url=server.url, name=info.get("name", "MONAI Label"), model=server.model)
 
-    def onNextSample(self) -> None:
+    def _connected(self) -> bool:
+        """Connect on first use; False (the error already shown) when the server cannot be reached."""
         if self._server is None:
             self.onConnect()
-        if self._server is None:
+        return self._server is not None
+
+    def onNextSample(self) -> None:
+        if not self._connected():
             return
         with slicer.util.tryWithErrorDisplay(_("Could not get the next sample."), waitCursor=True):
             strategy = self.ui.strategyComboBox.currentText
@@ -390,9 +394,7 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.serverStatusLabel.text = _("Label of '{image}' stored on the server.").format(image=image_id)
 
     def onTrain(self) -> None:
-        if self._server is None:
-            self.onConnect()
-        if self._server is None:
+        if not self._connected():
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
             self._server.train()

@@ -203,6 +203,11 @@ def build_trainer(network: nn.Module, train_loader, evaluator: SupervisedEvaluat
 
         TensorBoardStatsHandler(summary_writer=writer, tag_name="train_loss", output_transform=_loss_value,
                                 state_attributes=None).attach(trainer)
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: writer.add_scalar(
-            "learning_rate", optimizer.param_groups[0]["lr"], e.state.epoch))
+
+        def log_epoch(engine) -> None:
+            writer.add_scalar("learning_rate", optimizer.param_groups[0]["lr"], engine.state.epoch)
+            # after validation (attached earlier): an epoch's curves are on disk even if the run stops next
+            writer.flush()
+
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, log_epoch)
     return trainer
