@@ -2,8 +2,9 @@
 
     monailabel start_server --app monailabel_app --studies <folder or DICOMweb URL> --conf models kneel_landmarks
 
-All logic lives in ``kneel_monai.label`` (label checks and conversion) and
-``kneel_monai.label.server`` (datastore, infer/train/scoring/strategy tasks); this file wires them.
+All logic lives in ``kneel_monai.label`` (label checks and conversion), ``kneel_monai.label.datastore``
+(local folder and DICOMweb datastores) and ``kneel_monai.label.server`` (infer/train/scoring/strategy tasks);
+this file wires them.
 
 ``--conf`` keys: ``models`` (``kneel_landmarks``), ``state_dir`` (trained models and scores;
 default ``<studies>/.kneel_label``, or a per-user cache folder for a DICOMweb URL),
@@ -23,9 +24,10 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from kneel_monai.inference import resolve_device, resolve_model_dirs
-from kneel_monai.label.server import (IMAGE_EXTENSIONS, MODEL_NAME, dicomweb_datastore, KneelDatastore, KneelEpistemicScoring,
-                                      KneelEpistemicStrategy, KneelInferTask, KneelTrainTask, ModelStore,
-                                      _PredictorCache)
+from kneel_monai.label.datastore import IMAGE_EXTENSIONS, KneelDatastore, dicomweb_datastore
+from kneel_monai.label.server import (MODEL_NAME, KneelEpistemicScoring, KneelEpistemicStrategy, KneelInferTask,
+                                      KneelTrainTask, ModelStore, _PredictorCache,
+                                      refuse_a_second_training_while_one_starts)
 
 logger = logging.getLogger(__name__)
 BUNDLE_DIR = Path(__file__).resolve().parent.parent / "bundles" / "kneel_landmarks"
@@ -48,6 +50,7 @@ class KneelLabelApp(MONAILabelApp):
         self.store = ModelStore(self.state_dir, roi_dir, landmark_dir)
         self.predictors = _PredictorCache(self.store, self.device)
         self.mc_samples = int(conf.get("mc_samples", 4))
+        refuse_a_second_training_while_one_starts()  # (a MONAI Label race; see its doc)
         self._scoring = KneelEpistemicScoring(self.predictors, str(self.state_dir), mc_samples=self.mc_samples)
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="KNEEL knee landmarks",
                          description="Active annotation of 16 knee landmarks per knee on plain radiographs",

@@ -74,15 +74,21 @@ def running_label_server(studies: str | os.PathLike, state: str | os.PathLike, c
 
 
 def wait_for_training(url: str, timeout: float = 300.0) -> dict:
-    """Poll ``GET /train/`` until the running task ends; return its final status."""
+    """Poll ``GET /train/`` until the newest task has ended; return its final status.
+
+    Not ``check_if_running``: MONAI Label registers the task's process a moment after answering the POST,
+    and in that window "nothing is running" would be read as "done".
+    """
     import requests
 
     deadline = time.time() + timeout
-    while requests.get(url + "/train/", params={"check_if_running": "true"}).status_code == 200:
+    while True:
+        status = requests.get(url + "/train/").json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            return status
         if time.time() > deadline:
             raise TimeoutError("training still running")
         time.sleep(1)
-    return requests.get(url + "/train/").json()
 
 
 def python() -> str:

@@ -182,34 +182,12 @@ def test_concurrent_label_submissions_lose_nothing(server, studies):
     assert info["labels"]["final"]["info"]["version"] == n_clients * per_client
 
 
-def _settled_final_labels(index_path, wanted: int, timeout: float = 30.0) -> int:
-    """Wait until the datastore index on disk lists ``wanted`` final labels and stays so for 2 s.
-
-    Known issue (see docs/label.md): MONAI Label's watchdog reload can rewrite the index from a stale
-    copy shortly after a burst of submissions, and a training subprocess started in that window reads
-    no labels. The files are never lost and the index settles; this waits for that instead of racing it.
-    """
-    deadline, stable_since = time.time() + timeout, None
-    while time.time() < deadline:
-        objects = json.loads(index_path.read_text())["objects"]
-        n = sum("final" in (o.get("labels") or {}) for o in objects.values())
-        if n >= wanted:
-            stable_since = stable_since or time.time()
-            if time.time() - stable_since >= 2.0:
-                return n
-        else:
-            stable_since = None
-        time.sleep(0.2)
-    raise AssertionError(f"the datastore index did not settle at {wanted} final labels")
-
-
-@pytest.mark.slow  # kept out of the default run until the datastore race in _settled_final_labels is fixed
 def test_train_publishes_a_new_model_used_by_infer(server, studies):
-    for image in ("knee_1", "knee_2"):  # its own final labels, so that it also runs alone (-m slow)
+    for image in ("knee_1", "knee_3"):  # final labels of its own (also when run alone), none for knee_0/knee_2
         assert put_label(server, image, infer(server, image, output="image")).status_code == 200
     objects = requests.get(server + "/datastore/", params={"output": "all"}).json()["objects"]
     n_final = sum("final" in (o.get("labels") or {}) for o in objects.values())
-    assert _settled_final_labels(studies / "studies" / "datastore_v2.json", n_final) == n_final
+    assert n_final >= 2
     params = {"max_epochs": 1, "epoch_length": 2, "batch_size": 2}
     r = requests.post(server + "/train/kneel_landmarks", json=params)
     assert r.status_code == 200, r.text

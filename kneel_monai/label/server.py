@@ -1,4 +1,6 @@
-"""The MONAI Label side of the app (needs ``monailabel``): datastore, infer, train, scoring, strategy.
+"""The MONAI Label side of the app (needs ``monailabel``): infer, train, scoring, strategy, published models.
+
+The datastores are in :mod:`kneel_monai.label.datastore`.
 
 The app folder's ``main.py`` only wires these together; all the logic lives here and in
 :mod:`kneel_monai.label` so that it is tested and versioned with the library.
@@ -9,11 +11,9 @@ State (models trained here, their version pointer, uncertainty scores) lives in 
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
-from filelock import FileLock
-from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.scoring import ScoringMethod
@@ -30,188 +28,47 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 from ..atomic import atomic_write_text
-from . import LABEL_EXT, LabelError, check_id, epistemic_score, label_to_pixels, parse_label
+from . import LABEL_EXT, epistemic_score
+from .datastore import image_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "KneelDatastore", "ModelStore", "KneelInferTask", "KneelTrainTask",
-           "KneelEpistemicScoring", "KneelEpistemicStrategy"]
+__all__ = ["MODEL_NAME", "ModelStore", "refuse_a_second_training_while_one_starts", "KneelInferTask", "KneelTrainTask", "KneelEpistemicScoring",
+           "KneelEpistemicStrategy"]
 
-IMAGE_EXTENSIONS = ("*.dcm", "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.nii.gz", "*.nii", "*.nrrd", "*.mha")
 MODEL_NAME = "kneel_landmarks"
 
 
-def _http(err: LabelError) -> HTTPException:
-    return HTTPException(status_code=err.status, detail=str(err))
+def refuse_a_second_training_while_one_starts(stale_after_s: float = 60.0) -> None:
+    """Make MONAI Label answer 429 to a training start while another one is still starting.
 
-
-def _atomic_copy(src: str, dest: str) -> None:
-    folder = os.path.dirname(dest) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-class KneelDatastore(LocalDatastore):
-    """A local datastore where radiographs are images and ``.mrk.json`` markups are labels.
-
-    * ids are checked (:func:`kneel_monai.label.check_id`): 400 for ``..``/``/``;
-    * an image upload must be a readable radiograph (400 otherwise);
-    * a label must be a valid knee markups file whose points fall on its image (4xx otherwise),
-      for an image the datastore holds (404 otherwise); nothing is stored on rejection;
-    * labels and the datastore index are written atomically (temp file + rename), under the
-      datastore lock; each replaced ``final`` label is kept in ``labels/final/.history/``.
+    MONAI Label refuses a second training only once the first one's process is registered, which its worker
+    thread does a moment after the server answered the first request; a double click on *Train* in that
+    moment queued a second run. This also refuses while the newest training task is ``SUBMITTED`` (for at
+    most ``stale_after_s``, so that a start that failed never blocks training for good). Idempotent.
     """
+    from datetime import datetime
 
-    def __init__(self, path: str, image_extensions=IMAGE_EXTENSIONS, **kwargs):
-        self._image_patterns = [e for e in image_extensions if not e.endswith(".json")]
-        self._label_patterns = ["*" + LABEL_EXT]
-        super().__init__(path, extensions=[*self._image_patterns, *self._label_patterns], **kwargs)
+    from monailabel.utils.async_tasks import task as async_task
+    from monailabel.utils.async_tasks.utils import tasks
 
-    # listing: images are radiographs only, labels are markups only
-    def _list_files(self, path, patterns):
-        is_images = os.path.realpath(path) == os.path.realpath(self._datastore.image_path())
-        patterns = self._image_patterns if is_images else self._label_patterns
-        files = [f for f in os.listdir(path) if not f.startswith(".")]
-        return {f: f for p in patterns for f in fnmatch.filter(files, p)}
+    original = async_task.AsyncTask.run
+    if getattr(original, "kneel_guard", False):
+        return
 
-    def _update_datastore_file(self, lock=True):
-        def write():
-            self._ignore_event_config = True
-            atomic_write_text(self._datastore_config_path,
-                              json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str))
-            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+    def starting(method: str) -> bool:
+        pending = [t for t in tasks(method) if t.get("status") == "SUBMITTED"]
+        now = datetime.today()
+        return any((now - datetime.strptime(t["start_ts"], "%Y-%m-%d %H:%M:%S")).total_seconds() < stale_after_s
+                   for t in pending)
 
-        if lock:
-            with FileLock(self._lock_file):
-                write()
-        else:
-            write()
+    def run(method, request=None, params=None, force_sync=False, enqueue=False):
+        if method == "train" and not enqueue and not force_sync and starting(method):
+            return None, "++++++++++ Train Task is Already Running (starting)"
+        return original(method, request=request, params=params, force_sync=force_sync, enqueue=enqueue)
 
-    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        from ..io import read_radiograph
-
-        try:
-            if image_id:
-                check_id(image_id)
-            read_radiograph(image_filename)
-        except LabelError as err:
-            raise _http(err) from None
-        except Exception as err:  # noqa: BLE001 — anything unreadable is a bad upload
-            raise HTTPException(status_code=400, detail=f"not a readable radiograph: {err}") from None
-        id_, ext = self._to_id(os.path.basename(image_filename))
-        if ext.endswith(".json"):
-            raise HTTPException(status_code=400, detail="a markups/JSON file is not an image")
-        image_id = image_id or id_
-        dest = os.path.join(self._datastore.image_path(), image_id + ext)
-        from monailabel.datastore.local import DataModel, ImageLabelModel
-
-        self._init_from_datastore_file()  # (takes the lock itself)
-        with FileLock(self._lock_file):
-            _atomic_copy(image_filename, dest)
-            info = dict(image_info or {}, ts=int(time.time()), name=image_id + ext)
-            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
-            self._update_datastore_file(lock=False)
-        return image_id
-
-    def validate_label(self, image_id: str, label_filename: str) -> dict[str, Any]:
-        """Check a label file for ``image_id``; returns its summary (knees, pixels) or raises LabelError."""
-        from ..io import read_radiograph
-
-        check_id(image_id)
-        if image_id not in self._datastore.objects:
-            self._init_from_datastore_file()
-        if image_id not in self._datastore.objects:
-            raise LabelError(f"unknown image id {image_id!r}: no such image in the datastore", 404)
-        with open(label_filename, "rb") as f:
-            label = parse_label(f.read())
-        image = read_radiograph(self.get_image_uri(image_id))
-        spacing = tuple(float(v) for v in image.meta["pixel_spacing_mm"])
-        size = tuple(int(v) for v in image.shape[-2:])
-        px = label_to_pixels(label, spacing, size)
-        return {"knees": [s for s in ("R", "L") if px[s] is not None], "absent_knees": label.absent,
-                "pixel_spacing_mm": list(spacing), "image_size": list(size)}
-
-    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        try:
-            tag = label_tag or DefaultLabelTag.FINAL.value
-            check_id(tag)
-            summary = self.validate_label(image_id, label_filename)
-        except LabelError as err:
-            raise _http(err) from None
-        from monailabel.datastore.local import DataModel
-
-        name = image_id + LABEL_EXT
-        label_path = self._datastore.label_path(tag)
-        dest = os.path.join(label_path, name)
-        self._init_from_datastore_file()  # (takes the lock itself)
-        with FileLock(self._lock_file):
-            obj = self._datastore.objects.get(image_id)
-            if obj is None:
-                raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
-            os.makedirs(label_path, exist_ok=True)
-            version = int((obj.labels.get(tag).info.get("version", 0) if obj.labels.get(tag) else 0)) + 1
-            if os.path.exists(dest):  # keep the replaced revision
-                history = os.path.join(label_path, ".history")
-                os.makedirs(history, exist_ok=True)
-                shutil.copy2(dest, os.path.join(history, f"{image_id}.v{version - 1}{LABEL_EXT}"))
-            _atomic_copy(label_filename, dest)
-            info = dict(label_info or {})
-            info.update(summary, ts=int(time.time()), name=name, version=version)
-            obj.labels[tag] = DataModel(info=info, ext=LABEL_EXT)
-            self._update_datastore_file(lock=False)
-        return image_id
-
-
-def dicomweb_datastore(url: str, search_filter: dict[str, Any] | None = None, cache_path: str | None = None):
-    """MONAI Label's DICOMweb datastore for radiographs: every series by default (MONAI Label looks for CT only),
-    each served as its folder of DICOM files (no NIfTI conversion: the reader needs the DICOM tags), and
-    ``.mrk.json`` labels kept in the app's local cache instead of being uploaded as DICOM SEG."""
-    from monailabel.config import settings
-    from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
-
-    class KneelDICOMWebDatastore(DICOMWebDatastore):
-        def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):  # noqa: ARG002
-            check_label_file_name(label_filename)
-            if not self._datastore.objects.get(image_id):  # first label of this series: register its image
-                LocalDatastore.add_image(self, image_id, image_file(self.get_image_uri(image_id)),
-                                         self._dicom_info(image_id))
-            return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
-
-        def get_label_uri(self, label_id, label_tag):  # the app's own copy, not a DICOM SEG on the PACS
-            return LocalDatastore.get_label_uri(self, label_id, label_tag)
-
-    client = DICOMwebClientX(url=url, session=None, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
-                             wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
-                             stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
-    return KneelDICOMWebDatastore(client=client, search_filter=search_filter or {}, cache_path=cache_path,
-                                  fetch_by_frame=False, convert_to_nifti=False)
-
-
-def check_label_file_name(label_filename: str) -> None:
-    if not str(label_filename).endswith(".json"):
-        raise HTTPException(status_code=415, detail=f"labels are Slicer markups ({LABEL_EXT}), got {label_filename!r}")
-
-
-def image_file(image: Any) -> str:
-    """The radiograph's file: the path itself, or the one DICOM file of a series folder (DICOMweb cache)."""
-    if isinstance(image, str) and os.path.isdir(image):
-        files = sorted(p for p in Path(image).iterdir() if p.is_file() and not p.name.startswith("."))
-        if len(files) != 1:
-            raise HTTPException(status_code=400, detail=f"a radiograph series has one image; {image!r} has "
-                                f"{len(files)} files")
-        return str(files[0])
-    if not isinstance(image, str) or not os.path.isfile(image):
-        raise HTTPException(status_code=404, detail=f"image not found: {image!r}")
-    return image
+    run.kneel_guard = True
+    async_task.AsyncTask.run = staticmethod(run)
 
 
 class ModelStore:
@@ -355,7 +212,7 @@ class KneelTrainTask(TrainTask):
         data.mkdir(parents=True, exist_ok=True)
         for image_id in ids:
             label_to_ground_truth(datastore.get_label_uri(image_id, DefaultLabelTag.FINAL.value),
-                                  datastore.get_image_uri(image_id), image_id, data / f"{image_id}.json")
+                                  image_file(datastore.get_image_uri(image_id)), image_id, data / f"{image_id}.json")
         lists = build_datalists(data, n_folds=min(5, len(ids)), seed=0, progress=False)
         lists.write(run / "lists")
         current = self.store.current()
@@ -410,7 +267,7 @@ class KneelEpistemicScoring(ScoringMethod):
             if image_id in scores and not request.get("force"):
                 continue
             try:
-                result = predictor.predict_file(datastore.get_image_uri(image_id)).to_dict()
+                result = predictor.predict_file(image_file(datastore.get_image_uri(image_id))).to_dict()
                 scores[image_id] = epistemic_score(result)
             except Exception as err:  # noqa: BLE001 — an unreadable image is scored first: someone must look
                 logger.warning(f"epistemic scoring of {image_id} failed: {err}")

@@ -1,0 +1,359 @@
+"""MONAI Label datastores for radiographs with ``.mrk.json`` labels: a local studies folder and a DICOMweb PACS.
+
+Why not MONAI Label's ``LocalDatastore`` as it is: its index (``datastore_v2.json``) is read outside its lock,
+changed in memory and written back in place, by several actors at once — request handlers, its file
+watcher's thread (``refresh`` on every file event) and the training/scoring subprocesses (a reconcile at
+start-up). A label saved in one of them could drop out of the index written by another, and a training then
+saw fewer labels than the folder holds. Here every read-change-write of the index happens under one lock
+(reentrant per thread, exclusive across threads and processes), the index is re-read whenever its file
+changed (inode, mtime in ns, size — not a float mtime), written atomically, and a reconcile works on a copy
+that is swapped in whole, so a reader never sees a half-rebuilt index.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from filelock import FileLock
+from monailabel.datastore.local import (
+    DataModel,
+    ImageLabelModel,
+    LocalDatastore,
+    LocalDatastoreModel,
+)
+from monailabel.interfaces.datastore import DefaultLabelTag
+
+from ..atomic import atomic_write_text
+from . import LABEL_EXT, LabelError, check_id, label_to_pixels, parse_label
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IMAGE_EXTENSIONS", "KneelDatastore", "check_label_file_name", "dicomweb_datastore", "image_file"]
+
+IMAGE_EXTENSIONS = ("*.dcm", "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.nii.gz", "*.nii", "*.nrrd", "*.mha")
+FINAL = DefaultLabelTag.FINAL.value
+
+
+def http_error(err: LabelError) -> HTTPException:
+    return HTTPException(status_code=err.status, detail=str(err))
+
+
+def atomic_copy(src: str, dest: str) -> None:
+    folder = os.path.dirname(dest) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def check_label_file_name(label_filename: str) -> None:
+    if not str(label_filename).endswith(".json"):
+        raise HTTPException(status_code=415, detail=f"labels are Slicer markups ({LABEL_EXT}), got {label_filename!r}")
+
+
+def image_file(image: Any) -> str:
+    """The radiograph's file: the path itself, or the one DICOM file of a series folder (DICOMweb cache)."""
+    if isinstance(image, str) and os.path.isdir(image):
+        files = sorted(p for p in Path(image).iterdir() if p.is_file() and not p.name.startswith("."))
+        if len(files) != 1:
+            raise HTTPException(status_code=400, detail=f"a radiograph series has one image; {image!r} has "
+                                f"{len(files)} files")
+        return str(files[0])
+    if not isinstance(image, str) or not os.path.isfile(image):
+        raise HTTPException(status_code=404, detail=f"image not found: {image!r}")
+    return image
+
+
+def _file_stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class LockedIndex:
+    """Mixin for a ``LocalDatastore`` subclass: the index is changed only under one lock (see the module's doc).
+
+    The lock is one ``FileLock`` object per datastore: reentrant within a thread, exclusive between threads
+    (filelock keeps its state per thread) and between processes. Never call a ``LocalDatastore`` method that
+    takes its own ``FileLock`` while holding it (a second lock object on the same file would wait for ever).
+    """
+
+    _index_lock_object: FileLock | None = None
+    _index_stamp: tuple[int, int, int] | None = None
+
+    @property
+    def _index_lock(self) -> FileLock:
+        if self._index_lock_object is None:  # created in __init__, before any other thread sees the datastore
+            self._index_lock_object = FileLock(os.path.join(self._datastore_path, ".lock"))
+        return self._index_lock_object
+
+    # -- the index file ---------------------------------------------------------------------------------------
+    def _init_from_datastore_file(self, throw_exception=False):
+        """Re-read the index if its file changed since this process last read or wrote it."""
+        with self._index_lock:
+            stamp = _file_stamp(self._datastore_config_path)
+            if stamp is None or stamp == self._index_stamp:
+                return
+            try:
+                with open(self._datastore_config_path) as fp:
+                    model = LocalDatastoreModel.model_validate_json(fp.read())
+            except ValueError as err:
+                logger.error(f"datastore index {self._datastore_config_path} is unreadable: {err}")
+                if throw_exception:
+                    raise
+                return
+            model.base_path = self._datastore_path
+            self._datastore, self._index_stamp = model, stamp
+
+    def _update_datastore_file(self, lock=True):
+        """Write the index atomically; ``lock=False`` only where the caller already holds the lock."""
+        def write():
+            self._ignore_event_config = True
+            atomic_write_text(self._datastore_config_path,
+                              json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str))
+            self._index_stamp = _file_stamp(self._datastore_config_path)
+
+        if lock:
+            with self._index_lock:
+                write()
+        else:
+            write()
+
+    def _reconcile_datastore(self):
+        """Bring the index in line with the files (same rules as MONAI Label's), on a copy swapped in whole."""
+        with self._index_lock:
+            self._init_from_datastore_file()
+            model = self._datastore.model_copy(deep=True)
+            changes = self._reconcile(model)
+            if changes:
+                self._datastore = model
+                self._update_datastore_file()
+            logger.debug(f"reconciled the datastore index: {changes} change(s)")
+
+    def _reconcile(self, model: LocalDatastoreModel) -> int:
+        changes = 0
+        for image_id, obj in list(model.objects.items()):  # entries whose files are gone
+            if not os.path.exists(os.path.join(model.image_path(), self._filename(image_id, obj.image.ext))):
+                del model.objects[image_id]
+                changes += 1
+                continue
+            for tag, label in list(obj.labels.items()):
+                if not os.path.exists(os.path.join(model.label_path(tag), self._filename(image_id, label.ext))):
+                    del obj.labels[tag]
+                    changes += 1
+        for name in self._list_files(model.image_path(), self._extensions):  # new images
+            image_id, ext = self._to_id(name)
+            if image_id not in model.objects:
+                info = {"ts": int(time.time()), "name": self._filename(image_id, ext)}
+                model.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+                changes += 1
+        labels_dir = model.label_path(None)
+        tags = sorted(t for t in os.listdir(labels_dir) if not t.startswith(".")
+                      and os.path.isdir(os.path.join(labels_dir, t))) if os.path.isdir(labels_dir) else []
+        for tag in tags:  # new labels of known images
+            for name in self._list_files(model.label_path(tag), self._extensions):
+                label_id, ext = self._to_id(name)
+                obj = model.objects.get(label_id)
+                if obj is None:
+                    logger.warning(f"label {tag}/{name} has no image in the datastore: ignored")
+                elif tag not in obj.labels:
+                    obj.labels[tag] = DataModel(info={"ts": int(time.time()), "name": self._filename(label_id, ext)},
+                                                ext=ext)
+                    changes += 1
+        return changes
+
+    def _on_any_event(self, event):
+        # the file watcher also sees our temporary files and the label history (hidden names): no refresh for those
+        rel = os.path.relpath(event.src_path, self._datastore_path)
+        if any(part.startswith(".") for part in Path(rel).parts):
+            return
+        super()._on_any_event(event)
+
+    # -- changes: re-read, change, write, all under the lock --------------------------------------------------
+    def _register_image(self, image_id: str, src: str, ext: str, info: dict[str, Any]) -> None:
+        dest = os.path.join(self._datastore.image_path(), self._filename(image_id, ext))
+        with self._index_lock:
+            self._init_from_datastore_file()
+            atomic_copy(src, dest)
+            info = dict(info or {}, ts=int(time.time()), name=self._filename(image_id, ext))
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file()
+
+    def _store_label(self, image_id: str, src: str, tag: str, info: dict[str, Any]) -> str:
+        """Copy ``src`` in as the ``tag`` label of ``image_id``; the label it replaces goes to ``.history``."""
+        name = self._filename(image_id, LABEL_EXT)
+        with self._index_lock:
+            self._init_from_datastore_file()
+            obj = self._datastore.objects.get(image_id)
+            if obj is None:
+                raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
+            label_path = self._datastore.label_path(tag)
+            dest = os.path.join(label_path, name)
+            os.makedirs(label_path, exist_ok=True)
+            previous = obj.labels.get(tag)
+            version = int(previous.info.get("version", 0) if previous else 0) + 1
+            if os.path.exists(dest):  # keep the replaced revision
+                history = os.path.join(label_path, ".history")
+                os.makedirs(history, exist_ok=True)
+                shutil.copy2(dest, os.path.join(history, f"{image_id}.v{version - 1}{LABEL_EXT}"))
+            atomic_copy(src, dest)
+            info = dict(info or {}, ts=int(time.time()), name=name, version=version)
+            obj.labels[tag] = DataModel(info=info, ext=LABEL_EXT)
+            self._update_datastore_file()
+        return image_id
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        with self._index_lock:
+            self._init_from_datastore_file()
+            super().update_image_info(image_id, info)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        with self._index_lock:
+            self._init_from_datastore_file()
+            super().update_label_info(label_id, label_tag, info)
+
+    # -- label checks -----------------------------------------------------------------------------------------
+    def validate_label(self, image_id: str, label_filename: str) -> dict[str, Any]:
+        """Check a label file for ``image_id``; returns its summary (knees, pixels) or raises LabelError."""
+        from ..io import read_radiograph
+
+        check_id(image_id)
+        self._init_from_datastore_file()
+        if image_id not in self._datastore.objects:
+            raise LabelError(f"unknown image id {image_id!r}: no such image in the datastore", 404)
+        with open(label_filename, "rb") as f:
+            label = parse_label(f.read())
+        image = read_radiograph(image_file(self.get_image_uri(image_id)))
+        spacing = tuple(float(v) for v in image.meta["pixel_spacing_mm"])
+        size = tuple(int(v) for v in image.shape[-2:])
+        px = label_to_pixels(label, spacing, size)
+        return {"knees": [s for s in ("R", "L") if px[s] is not None], "absent_knees": label.absent,
+                "pixel_spacing_mm": list(spacing), "image_size": list(size)}
+
+    def _checked_label(self, image_id: str, label_filename: str, label_tag: str) -> tuple[str, dict[str, Any]]:
+        try:
+            tag = label_tag or FINAL
+            check_id(tag)
+            return tag, self.validate_label(image_id, label_filename)
+        except LabelError as err:
+            raise http_error(err) from None
+
+
+class KneelDatastore(LockedIndex, LocalDatastore):
+    """A local datastore where radiographs are images and ``.mrk.json`` markups are labels.
+
+    * ids are checked (:func:`kneel_monai.label.check_id`): 400 for ``..``/``/``;
+    * an image upload must be a readable radiograph (400 otherwise);
+    * a label must be a valid knee markups file whose points fall on its image (4xx otherwise),
+      for an image the datastore holds (404 otherwise); nothing is stored on rejection;
+    * labels and the index are written atomically under the index lock (:class:`LockedIndex`);
+      each replaced label is kept in ``labels/<tag>/.history/``.
+    """
+
+    def __init__(self, path: str, image_extensions=IMAGE_EXTENSIONS, **kwargs):
+        self._image_patterns = [e for e in image_extensions if not e.endswith(".json")]
+        self._label_patterns = ["*" + LABEL_EXT]
+        super().__init__(path, extensions=[*self._image_patterns, *self._label_patterns], **kwargs)
+
+    # listing: images are radiographs only, labels are markups only
+    def _list_files(self, path, patterns):
+        is_images = os.path.realpath(path) == os.path.realpath(self._datastore.image_path())
+        patterns = self._image_patterns if is_images else self._label_patterns
+        files = [f for f in os.listdir(path) if not f.startswith(".")]
+        return {f: f for p in patterns for f in fnmatch.filter(files, p)}
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        from ..io import read_radiograph
+
+        try:
+            if image_id:
+                check_id(image_id)
+            read_radiograph(image_filename)
+        except LabelError as err:
+            raise http_error(err) from None
+        except Exception as err:  # noqa: BLE001 — anything unreadable is a bad upload
+            raise HTTPException(status_code=400, detail=f"not a readable radiograph: {err}") from None
+        id_, ext = self._to_id(os.path.basename(image_filename))
+        if ext.endswith(".json"):
+            raise HTTPException(status_code=400, detail="a markups/JSON file is not an image")
+        image_id = image_id or id_
+        self._register_image(image_id, image_filename, ext, image_info)
+        return image_id
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        tag, summary = self._checked_label(image_id, label_filename, label_tag)
+        return self._store_label(image_id, label_filename, tag, dict(label_info or {}, **summary))
+
+
+def dicomweb_datastore(url: str, search_filter: dict[str, Any] | None = None, cache_path: str | None = None):
+    """MONAI Label's DICOMweb datastore for radiographs: every series by default (MONAI Label looks for CT only),
+    each served as its folder of DICOM files (no NIfTI conversion: the reader needs the DICOM tags), and
+    ``.mrk.json`` labels checked like local ones and kept in the app's cache, not uploaded as DICOM SEG."""
+    from monailabel.config import settings
+    from monailabel.datastore.dicom import DICOMwebClientX
+
+    client = DICOMwebClientX(url=url, session=None, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                             wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                             stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+    return _dicomweb_class()(client=client, search_filter=search_filter or {}, cache_path=cache_path,
+                             fetch_by_frame=False, convert_to_nifti=False)
+
+
+@functools.cache
+def _dicomweb_class():
+    from monailabel.datastore.dicom import (
+        DICOMWebDatastore,  # needs the DICOMweb client packages
+    )
+
+    class KneelDICOMWebDatastore(LockedIndex, DICOMWebDatastore):
+        def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):
+            check_label_file_name(label_filename)
+            try:
+                check_id(image_id)
+            except LabelError as err:
+                raise http_error(err) from None
+            self._init_from_datastore_file()
+            if image_id not in self._datastore.objects:  # first label of this series: register its image
+                try:
+                    series = image_file(self.get_image_uri(image_id))
+                except HTTPException:
+                    raise
+                except Exception as err:  # noqa: BLE001 — the PACS does not have it
+                    raise HTTPException(status_code=404, detail=f"unknown series {image_id!r}: {err}") from None
+                self._register_image(image_id, series, Path(series).suffix or ".dcm", self._dicom_info(image_id))
+            tag, summary = self._checked_label(image_id, label_filename, label_tag)
+            return self._store_label(image_id, label_filename, tag, dict(label_info or {}, **summary))
+
+        def get_label_uri(self, label_id, label_tag, image_id=""):
+            return LocalDatastore.get_label_uri(self, label_id, label_tag)
+
+        # labelled = a markups label kept here (MONAI Label looks for DICOM SEG series on the PACS)
+        def get_labeled_images(self, label_tag=None, labels=None):
+            self._init_from_datastore_file()
+            on_pacs = set(self.list_images())
+            return [k for k, v in self._datastore.objects.items() if v.labels.get(FINAL) and k in on_pacs]
+
+        def get_unlabeled_images(self, label_tag=None, labels=None):
+            labelled = set(self.get_labeled_images())
+            return [s for s in self.list_images() if s not in labelled]
+
+    return KneelDICOMWebDatastore
