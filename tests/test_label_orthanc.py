@@ -73,3 +73,36 @@ def test_a_label_for_a_pacs_series_is_kept_by_the_app(pacs_server):
     wrong = requests.put(f"{url}/datastore/label", params={"image": series, "tag": "final"},
                          files={"label": ("label.nii.gz", b"not markups")}, data={"params": "{}"}, timeout=60)
     assert 400 <= wrong.status_code < 500, wrong.text
+
+
+def _label(url, series) -> None:
+    markups = requests.post(f"{url}/infer/kneel_landmarks", params={"image": series, "output": "image"}, json={},
+                            timeout=120)
+    assert markups.status_code == 200, markups.text
+    stored = requests.put(f"{url}/datastore/label", params={"image": series, "tag": "final"},
+                          files={"label": ("label.mrk.json", markups.content)}, data={"params": "{}"}, timeout=60)
+    assert stored.status_code == 200, stored.text
+
+
+def test_training_on_pacs_labels_publishes_a_model(pacs_server):
+    """Labels kept by the app count as labelled (MONAI Label looks for DICOM SEG series): each next sample is
+    a series without a label, and training runs on the labels and publishes a model that infer then uses."""
+    from label_server import wait_for_training
+
+    url, _ = pacs_server
+    labelled = []
+    while series := requests.post(f"{url}/activelearning/first", json={}, timeout=60).json().get("id"):
+        assert series not in labelled and len(labelled) < len(SAMPLES)
+        _label(url, series)
+        labelled.append(series)
+    assert labelled  # (whatever the earlier tests labelled, now every series has a label)
+    r = requests.post(f"{url}/train/kneel_landmarks", json={"max_epochs": 1, "epoch_length": 2, "batch_size": 2},
+                      timeout=60)
+    assert r.status_code == 200, r.text
+    status = wait_for_training(url)
+    assert status["status"] == "DONE", status["details"][-20:]
+    stats = requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["kneel_landmarks"]
+    assert stats["model_version"] == 1 and stats["metrics"]["n_labels"] == len(SAMPLES)
+    answer = requests.post(f"{url}/infer/kneel_landmarks", params={"image": labelled[0], "output": "json"}, json={},
+                           timeout=120)
+    assert answer.status_code == 200 and answer.json()["model_version"] == 1, answer.text
