@@ -27,7 +27,7 @@ from kneel_monai.inference import resolve_device, resolve_model_dirs
 from kneel_monai.label.datastore import IMAGE_EXTENSIONS, KneelDatastore, dicomweb_datastore
 from kneel_monai.label.server import (MODEL_NAME, KneelEpistemicScoring, KneelEpistemicStrategy, KneelInferTask,
                                       KneelTrainTask, ModelStore, _PredictorCache,
-                                      refuse_a_second_training_while_one_starts)
+                                      check_training_starts)
 
 logger = logging.getLogger(__name__)
 BUNDLE_DIR = Path(__file__).resolve().parent.parent / "bundles" / "kneel_landmarks"
@@ -50,7 +50,7 @@ class KneelLabelApp(MONAILabelApp):
         self.store = ModelStore(self.state_dir, roi_dir, landmark_dir)
         self.predictors = _PredictorCache(self.store, self.device)
         self.mc_samples = int(conf.get("mc_samples", 4))
-        refuse_a_second_training_while_one_starts()  # (a MONAI Label race; see its doc)
+        check_training_starts()  # 429 while one starts, 409 with too few labels (see its doc)
         self._scoring = KneelEpistemicScoring(self.predictors, str(self.state_dir), mc_samples=self.mc_samples)
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="KNEEL knee landmarks",
                          description="Active annotation of 16 knee landmarks per knee on plain radiographs",

@@ -182,6 +182,17 @@ def test_concurrent_label_submissions_lose_nothing(server, studies):
     assert info["labels"]["final"]["info"]["version"] == n_clients * per_client
 
 
+def test_training_with_too_few_labels_is_refused_before_it_starts(server):
+    def n_tasks():
+        r = requests.get(server + "/train/", params={"all": "true"})
+        return len(r.json()) if r.status_code == 200 else 0
+
+    before = n_tasks()
+    r = requests.post(server + "/train/kneel_landmarks", json={"min_labels": 1000})
+    assert r.status_code == 409 and "needs at least 1000 radiographs with a final label" in r.json()["detail"], r.text
+    assert n_tasks() == before  # no background run was started
+
+
 def test_train_publishes_a_new_model_used_by_infer(server, studies):
     for image in ("knee_1", "knee_3"):  # final labels of its own (also when run alone), none for knee_0/knee_2
         assert put_label(server, image, infer(server, image, output="image")).status_code == 200

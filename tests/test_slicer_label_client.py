@@ -97,6 +97,8 @@ def test_client_errors_are_clear(server):
         closed.info()
     with pytest.raises(LabelServerError, match="Submitting the label"):
         LabelServer(url).submit("../escape", json.loads(json.dumps(_empty_prediction())))
+    with pytest.raises(LabelServerError, match="Starting training .* needs at least 1000 radiographs"):
+        LabelServer(url).train({"min_labels": 1000})
 
 
 def _empty_prediction():

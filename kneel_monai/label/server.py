@@ -28,46 +28,58 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 from ..atomic import atomic_write_text
-from . import LABEL_EXT, epistemic_score
+from . import LABEL_EXT, LabelError, epistemic_score
 from .datastore import image_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODEL_NAME", "ModelStore", "refuse_a_second_training_while_one_starts", "KneelInferTask", "KneelTrainTask", "KneelEpistemicScoring",
+__all__ = ["MODEL_NAME", "ModelStore", "check_training_starts", "KneelInferTask", "KneelTrainTask", "KneelEpistemicScoring",
            "KneelEpistemicStrategy"]
 
 MODEL_NAME = "kneel_landmarks"
 
 
-def refuse_a_second_training_while_one_starts(stale_after_s: float = 60.0) -> None:
-    """Make MONAI Label answer 429 to a training start while another one is still starting.
+def check_training_starts(stale_after_s: float = 60.0) -> None:
+    """Check a training start in the server, before MONAI Label launches its background run. Idempotent.
 
-    MONAI Label refuses a second training only once the first one's process is registered, which its worker
-    thread does a moment after the server answered the first request; a double click on *Train* in that
-    moment queued a second run. This also refuses while the newest training task is ``SUBMITTED`` (for at
-    most ``stale_after_s``, so that a start that failed never blocks training for good). Idempotent.
+    * **429 while another training is still starting.** MONAI Label refuses a second training only once the
+      first one's process is registered, which its worker thread does a moment after the server answered;
+      a double click on *Train* in that moment queued a second run. A ``SUBMITTED`` training task now counts
+      (for at most ``stale_after_s``, so that a start that failed never blocks training for good).
+    * **409 with too few labels** (:meth:`KneelTrainTask.labelled_images`), instead of a background run
+      that fails where only ``GET /train/`` shows it.
+
+    MONAI Label has no hook there: this wraps its ``AsyncTask.run`` (the call its endpoints make).
     """
     from datetime import datetime
 
+    from monailabel.interfaces.utils.app import app_instance
     from monailabel.utils.async_tasks import task as async_task
     from monailabel.utils.async_tasks.utils import tasks
 
     original = async_task.AsyncTask.run
-    if getattr(original, "kneel_guard", False):
+    if getattr(original, "kneel_checks", False):
         return
 
     def starting(method: str) -> bool:
-        pending = [t for t in tasks(method) if t.get("status") == "SUBMITTED"]
         now = datetime.today()
-        return any((now - datetime.strptime(t["start_ts"], "%Y-%m-%d %H:%M:%S")).total_seconds() < stale_after_s
-                   for t in pending)
+        return any(t.get("status") == "SUBMITTED" and (now - datetime.strptime(
+            t["start_ts"], "%Y-%m-%d %H:%M:%S")).total_seconds() < stale_after_s for t in tasks(method))
 
     def run(method, request=None, params=None, force_sync=False, enqueue=False):
-        if method == "train" and not enqueue and not force_sync and starting(method):
-            return None, "++++++++++ Train Task is Already Running (starting)"
+        if method == "train":
+            if not enqueue and not force_sync and starting(method):
+                return None, "++++++++++ Train Task is Already Running (starting)"
+            instance = app_instance()
+            task = instance._trainers.get((request or {}).get("model"))
+            if isinstance(task, KneelTrainTask):
+                try:
+                    task.labelled_images({**(request or {}), **(params or {})}, instance.datastore())
+                except LabelError as err:
+                    raise HTTPException(status_code=err.status, detail=str(err)) from None
         return original(method, request=request, params=params, force_sync=force_sync, enqueue=enqueue)
 
-    run.kneel_guard = True
+    run.kneel_checks = True
     async_task.AsyncTask.run = staticmethod(run)
 
 
@@ -196,17 +208,26 @@ class KneelTrainTask(TrainTask):
         return {"model_version": current["version"], "metrics": current.get("metrics", {}),
                 "published": current.get("published")}
 
+    def _conf(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {**self.config(), **{k: v for k, v in request.items() if k in self.config()}}
+
+    def labelled_images(self, request: dict[str, Any], datastore) -> list[str]:
+        """The ids with a final label; LabelError (409) if fewer than ``min_labels``."""
+        need = int(self._conf(request)["min_labels"])
+        ids = sorted(datastore.get_labeled_images(label_tag=DefaultLabelTag.FINAL.value))
+        if len(ids) < need:
+            raise LabelError(f"training needs at least {need} radiographs with a final label; the datastore has "
+                             f"{len(ids)}", 409)
+        return ids
+
     def __call__(self, request, datastore) -> dict[str, Any]:
         from monai.bundle import ConfigWorkflow
 
         from ..data import build_datalists
         from . import label_to_ground_truth
 
-        conf = {**self.config(), **{k: v for k, v in request.items() if k in self.config()}}
-        ids = sorted(datastore.get_labeled_images(label_tag=DefaultLabelTag.FINAL.value))
-        if len(ids) < int(conf["min_labels"]):
-            raise ValueError(f"training needs at least {conf['min_labels']} radiographs with a final label; "
-                             f"the datastore has {len(ids)}")
+        conf = self._conf(request)
+        ids = self.labelled_images(request, datastore)
         run = self.state_dir / "train" / time.strftime("run_%Y%m%d_%H%M%S")
         data = run / "data"
         data.mkdir(parents=True, exist_ok=True)
