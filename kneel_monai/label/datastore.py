@@ -103,7 +103,10 @@ class LockedIndex:
     @property
     def _index_lock(self) -> FileLock:
         if self._index_lock_object is None:  # created in __init__, before any other thread sees the datastore
-            self._index_lock_object = FileLock(os.path.join(self._datastore_path, ".lock"))
+            # thread_local: each thread holds its own lock state, so threads exclude each other (the default,
+            # spelled out because everything here depends on it)
+            self._index_lock_object = FileLock(os.path.join(self._datastore_path, ".lock"), thread_local=True,
+                                               poll_interval=0.01)
         return self._index_lock_object
 
     # -- the index file ---------------------------------------------------------------------------------------
