@@ -97,3 +97,28 @@ def test_epistemic_score():
     knees = {"R": {"present": True, "spread_mm": [1.0] * 16}, "L": {"present": True, "spread_mm": [3.0] * 16}}
     assert epistemic_score({"knees": knees}) == pytest.approx(2.0)
     assert epistemic_score({"knees": {"R": {"present": False, "spread_mm": None}}}) == float("inf")
+
+
+def test_fine_tuning_keeps_each_models_own_stage(tmp_path):
+    """The train task fine-tunes a model at the stage it was trained at; a model at no known stage is refused."""
+    import shutil
+
+    pytest.importorskip("monailabel")
+    from kneel_monai.inference import resolve_model_dirs
+    from kneel_monai.label.server import stage_of
+    from kneel_monai.training.stages import STAGES
+
+    roi, landmarks = resolve_model_dirs(None)
+    assert (stage_of(roi), stage_of(landmarks)) == ("roi_cpu", "landmarks_cpu")  # the shipped models
+    other = tmp_path / "model"
+    shutil.copytree(landmarks, other)
+    cfg = json.loads((other / "model.json").read_text())
+    paper = STAGES["landmarks"]
+    cfg["preprocessing"].update(spacing_mm=paper.spacing_mm, pad_size=paper.pad_size, crop_size=paper.crop_size)
+    (other / "model.json").write_text(json.dumps(cfg))
+    assert stage_of(other) == "landmarks"  # e.g. the paper-configuration model trained on a GPU
+    cfg["preprocessing"]["spacing_mm"] = 0.45
+    (other / "model.json").write_text(json.dumps(cfg))
+    with pytest.raises(LabelError, match="matches no training stage") as info:
+        stage_of(other)
+    assert info.value.status == 409

@@ -199,7 +199,7 @@ def test_train_publishes_a_new_model_used_by_infer(server, studies):
     objects = requests.get(server + "/datastore/", params={"output": "all"}).json()["objects"]
     n_final = sum("final" in (o.get("labels") or {}) for o in objects.values())
     assert n_final >= 2
-    params = {"max_epochs": 1, "epoch_length": 2, "batch_size": 2}
+    params = {"max_epochs": 1, "epoch_length": 2, "batch_size": 2, "train_roi": True}
     r = requests.post(server + "/train/kneel_landmarks", json=params)
     assert r.status_code == 200, r.text
     again = requests.post(server + "/train/kneel_landmarks", json=params)
@@ -207,7 +207,10 @@ def test_train_publishes_a_new_model_used_by_infer(server, studies):
     status = wait_for_training(server)
     assert status["status"] == "DONE", status["details"][-20:]
     stats = requests.get(server + "/info/").json()["train_stats"]["kneel_landmarks"]
-    assert stats["model_version"] == 1 and stats["metrics"]["n_labels"] == n_final and "val_pck" in stats["metrics"]
+    assert stats["model_version"] == 1 and stats["metrics"]["n_labels"] == n_final
+    assert {"val_pck", "roi_val_pck"} <= set(stats["metrics"])  # both models fine-tuned
+    current = json.loads((studies / "state" / "app" / "models" / "current.json").read_text())
+    assert current["landmarks"].endswith("v1/landmarks") and current["roi"].endswith("v1/roi")
     result = infer(server, "knee_0")
     assert result["model_version"] == 1
     assert all(result["knees"][s]["present"] for s in ("R", "L"))

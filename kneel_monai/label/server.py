@@ -46,8 +46,8 @@ def check_training_starts(stale_after_s: float = 60.0) -> None:
       first one's process is registered, which its worker thread does a moment after the server answered;
       a double click on *Train* in that moment queued a second run. A ``SUBMITTED`` training task now counts
       (for at most ``stale_after_s``, so that a start that failed never blocks training for good).
-    * **409 with too few labels** (:meth:`KneelTrainTask.labelled_images`), instead of a background run
-      that fails where only ``GET /train/`` shows it.
+    * **409 with too few labels, or a model the bundle cannot fine-tune** (:meth:`KneelTrainTask.check`),
+      instead of a background run that fails where only ``GET /train/`` shows it.
 
     MONAI Label has no hook there: this wraps its ``AsyncTask.run`` (the call its endpoints make).
     """
@@ -74,7 +74,7 @@ def check_training_starts(stale_after_s: float = 60.0) -> None:
             task = instance._trainers.get((request or {}).get("model"))
             if isinstance(task, KneelTrainTask):
                 try:
-                    task.labelled_images({**(request or {}), **(params or {})}, instance.datastore())
+                    task.check({**(request or {}), **(params or {})}, instance.datastore())
                 except LabelError as err:
                     raise HTTPException(status_code=err.status, detail=str(err)) from None
         return original(method, request=request, params=params, force_sync=force_sync, enqueue=enqueue)
@@ -84,7 +84,8 @@ def check_training_starts(stale_after_s: float = 60.0) -> None:
 
 
 class ModelStore:
-    """Published landmark models: ``<state_dir>/models/v<N>/`` and the pointer ``current.json``.
+    """Published models: ``<state_dir>/models/v<N>/landmarks`` (and ``roi`` when it was fine-tuned too) and the
+    pointer ``current.json``.
 
     Version 0 is the shipped (or ``--conf landmark_model``) model. Training exports into a new
     folder, then replaces ``current.json`` atomically: the next infer picks it up.
@@ -108,9 +109,13 @@ class ModelStore:
             version += 1
         return version, self.root / f"v{version}"
 
-    def publish(self, version: int, landmark_dir: str | os.PathLike, metrics: dict[str, Any]) -> dict[str, Any]:
+    def publish(self, version: int, landmark_dir: str | os.PathLike, metrics: dict[str, Any],
+                roi_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Point ``current.json`` at the new models (the ROI model stays the previous one unless given)."""
         record = dict(self.current(), version=version, landmarks=str(landmark_dir), metrics=metrics,
                       published=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if roi_dir is not None:
+            record["roi"] = str(roi_dir)
         atomic_write_text(self.pointer, json.dumps(record, indent=2))
         return record
 
@@ -175,13 +180,18 @@ class KneelInferTask(InferTask):
         return out, res
 
 
-def _stage_network_args(landmark_dir: str) -> dict[str, Any]:
-    cfg = json.loads((Path(landmark_dir) / "model.json").read_text(encoding="utf-8")) \
-        if (Path(landmark_dir) / "model.json").is_file() else None
-    if cfg is None:
-        from ..model_io import load_model
+def _model_config(model_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(model_dir) / "model.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    from ..model_io import load_model
 
-        cfg = load_model(landmark_dir).config
+    return load_model(model_dir).config
+
+
+def _stage_network_args(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The network of ``model_dir`` as the bundle's ``network_args`` (``out_points`` comes from the stage)."""
+    cfg = _model_config(model_dir)
     args = dict(cfg["network"]["args"])
     args.pop("out_points", None)
     if cfg["network"].get("preset"):
@@ -189,11 +199,28 @@ def _stage_network_args(landmark_dir: str) -> dict[str, Any]:
     return args
 
 
+def stage_of(model_dir: str | os.PathLike) -> str:
+    """The bundle's training stage that matches the model's own preprocessing: fine-tuning must keep it
+    (a model trained at 0.3 mm fine-tuned at 0.6 mm would forget its input scale). LabelError (409) if none."""
+    from ..training.stages import STAGES
+
+    cfg = _model_config(model_dir)
+    pre = cfg.get("preprocessing", {})
+    for name, stage in STAGES.items():
+        if (stage.task == cfg.get("task") and stage.spacing_mm == pre.get("spacing_mm")
+                and stage.pad_size == pre.get("pad_size") and stage.crop_size == pre.get("crop_size")):
+            return name
+    raise LabelError(f"{model_dir}: a {cfg.get('task')} model with preprocessing {pre} matches no training stage "
+                     f"of the bundle ({', '.join(STAGES)}); it cannot be fine-tuned here", 409)
+
+
 class KneelTrainTask(TrainTask):
     """Fine-tune the landmark model on the ``final`` labels with the bundle's training; publish a new version.
 
     Request keys: ``max_epochs`` (1), ``epoch_length`` (None: whole epoch), ``batch_size`` (4),
-    ``learning_rate`` (1e-4), ``min_labels`` (2). Runs in MONAI Label's training subprocess.
+    ``learning_rate`` (1e-4), ``min_labels`` (2), ``train_roi`` (False: also fine-tune the ROI model, on the
+    knee centres of the same labels). Each model is fine-tuned at the stage it was trained at
+    (:func:`stage_of`). Runs in MONAI Label's training subprocess.
     """
 
     def __init__(self, store: ModelStore, bundle_dir: str, state_dir: str, device: str = "cpu"):
@@ -201,7 +228,8 @@ class KneelTrainTask(TrainTask):
         self.store, self.bundle_dir, self.state_dir, self.device = store, bundle_dir, Path(state_dir), device
 
     def config(self) -> dict[str, Any]:
-        return {"max_epochs": 1, "epoch_length": 0, "batch_size": 4, "learning_rate": 1e-4, "min_labels": 2}
+        return {"max_epochs": 1, "epoch_length": 0, "batch_size": 4, "learning_rate": 1e-4, "min_labels": 2,
+                "train_roi": False}
 
     def stats(self) -> dict[str, Any]:
         current = self.store.current()
@@ -220,14 +248,21 @@ class KneelTrainTask(TrainTask):
                              f"{len(ids)}", 409)
         return ids
 
-    def __call__(self, request, datastore) -> dict[str, Any]:
-        from monai.bundle import ConfigWorkflow
+    def check(self, request: dict[str, Any], datastore) -> list[str]:
+        """What can be checked before a run starts (LabelError 409): enough labels, models at a known stage."""
+        ids = self.labelled_images(request, datastore)
+        current = self.store.current()
+        stage_of(current["landmarks"])
+        if _flag(self._conf(request)["train_roi"]):
+            stage_of(current["roi"])
+        return ids
 
+    def __call__(self, request, datastore) -> dict[str, Any]:
         from ..data import build_datalists
         from . import label_to_ground_truth
 
         conf = self._conf(request)
-        ids = self.labelled_images(request, datastore)
+        ids = self.check(request, datastore)
         run = self.state_dir / "train" / time.strftime("run_%Y%m%d_%H%M%S")
         data = run / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -237,30 +272,45 @@ class KneelTrainTask(TrainTask):
         lists = build_datalists(data, n_folds=min(5, len(ids)), seed=0, progress=False)
         lists.write(run / "lists")
         current = self.store.current()
-        version, export_dir = self.store.next_dir()
+        version, version_dir = self.store.next_dir()
+        started = time.time()
+        metrics = self._fine_tune(current["landmarks"], run, version_dir / "landmarks", conf)
+        roi_dir = None
+        if _flag(conf["train_roi"]):
+            roi_dir = version_dir / "roi"
+            metrics.update({f"roi_{k}": v for k, v in self._fine_tune(current["roi"], run, roi_dir, conf).items()})
+        metrics.update(train_seconds=round(time.time() - started, 2), n_labels=len(ids))
+        record = self.store.publish(version, version_dir / "landmarks", metrics, roi_dir=roi_dir)
+        logger.info(f"published model v{version} (landmarks{' + ROI' if roi_dir else ''}): {metrics}")
+        return record
+
+    def _fine_tune(self, model_dir: str, run: Path, export_dir: Path, conf: dict[str, Any]) -> dict[str, float]:
+        """One bundle training run from ``model_dir`` (every layer transferred) at the model's own stage."""
+        from monai.bundle import ConfigWorkflow
+
         configs = Path(self.bundle_dir) / "configs"
         wf = ConfigWorkflow(
             config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"), logging_file=False,
-            workflow_type=None, run_id="training", bundle_root=str(run), stage="landmarks_cpu", dataset_dir=str(run / "lists"),
-            init_from=str(current["landmarks"]), network_args=_stage_network_args(current["landmarks"]),
+            workflow_type=None, run_id="training", bundle_root=str(run), stage=stage_of(model_dir),
+            dataset_dir=str(run / "lists"), init_from=str(model_dir), network_args=_stage_network_args(model_dir),
             transfer="$kneel_monai.training.transfer_weights(@network, @init_from, skip_prefixes=())",
             max_epochs=int(conf["max_epochs"]), epoch_length=int(conf["epoch_length"]) or None,
             batch_size=int(conf["batch_size"]), learning_rate=float(conf["learning_rate"]), cache=False,
             mixup_alpha=0.0, progress=False, tensorboard=False, export_dir=str(export_dir),
             device=f"$torch.device('{self.device}')",
         )
-        started = time.time()
         wf.initialize()
         transferred = wf.parser.get_parsed_content("transfer")
         wf.run()
         metrics = {k: float(v) for k, v in wf.parser.get_parsed_content("evaluator").state.metrics.items()
                    if isinstance(v, (int, float))}
         wf.finalize()
-        metrics.update(train_seconds=round(time.time() - started, 2), n_labels=len(ids),
-                       n_transferred=len(transferred))
-        record = self.store.publish(version, export_dir, metrics)
-        logger.info(f"published landmark model v{version}: {metrics}")
-        return record
+        metrics["n_transferred"] = len(transferred)
+        return metrics
+
+
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 class KneelEpistemicScoring(ScoringMethod):
