@@ -29,7 +29,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from ..atomic import atomic_write_text
 from . import LABEL_EXT, LabelError, epistemic_score
-from .datastore import image_file
+from .datastore import http_error, image_file
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def check_training_starts(stale_after_s: float = 60.0) -> None:
                 try:
                     task.check({**(request or {}), **(params or {})}, instance.datastore())
                 except LabelError as err:
-                    raise HTTPException(status_code=err.status, detail=str(err)) from None
+                    raise http_error(err) from None
         return original(method, request=request, params=params, force_sync=force_sync, enqueue=enqueue)
 
     run.kneel_checks = True
@@ -181,12 +181,9 @@ class KneelInferTask(InferTask):
 
 
 def _model_config(model_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(model_dir) / "model.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    from ..model_io import load_model
+    from ..model_io import CONFIG_NAME
 
-    return load_model(model_dir).config
+    return json.loads((Path(model_dir) / CONFIG_NAME).read_text(encoding="utf-8"))
 
 
 def _stage_network_args(model_dir: str | os.PathLike) -> dict[str, Any]:
