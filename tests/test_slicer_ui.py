@@ -113,6 +113,8 @@ def test_qt_loads_the_panel_with_its_settings(panel):
     assert panel.findChild(QPushButton, "saveMarkupsButton").text() == "Save landmarks (.mrk.json)…"
     assert panel.findChild(QPushButton, "exportCsvButton").text() == "Export cohort CSV row…"
     assert panel.findChild(QToolButton, "defaultModelButton").text() == "Default"
+    roi = panel.findChild(QCheckBox, "trainRoiCheckBox")  # the server's train_roi, off unless asked
+    assert roi is not None and not roi.isChecked()
 
 
 def test_a_broken_ui_file_is_caught(tmp_path):

@@ -397,7 +397,7 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._connected():
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
-            self._server.train()
+            self._server.train({"train_roi": bool(self.ui.trainRoiCheckBox.checked)})
             self.ui.serverStatusLabel.text = _("Training started on the server; its next answers use the new model.")
 
 
