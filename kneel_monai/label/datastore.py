@@ -323,12 +323,10 @@ def dicomweb_datastore(url: str, search_filter: dict[str, Any] | None = None, ca
 
 @functools.cache
 def _dicomweb_class():
-    from monailabel.datastore.dicom import (
-        DICOMWebDatastore,  # needs the DICOMweb client packages
-    )
+    from monailabel.datastore.dicom import DICOMWebDatastore  # needs the DICOMweb client packages
 
     class KneelDICOMWebDatastore(LockedIndex, DICOMWebDatastore):
-        def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):
+        def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):  # noqa: ARG002
             check_label_file_name(label_filename)
             try:
                 check_id(image_id)
@@ -346,17 +344,22 @@ def _dicomweb_class():
             tag, summary = self._checked_label(image_id, label_filename, label_tag)
             return self._store_label(image_id, label_filename, tag, dict(label_info or {}, **summary))
 
-        def get_label_uri(self, label_id, label_tag, image_id=""):
+        def get_label_uri(self, label_id, label_tag, image_id=""):  # noqa: ARG002 — the app's copy, not a SEG
             return LocalDatastore.get_label_uri(self, label_id, label_tag)
 
         # labelled = a markups label kept here (MONAI Label looks for DICOM SEG series on the PACS)
-        def get_labeled_images(self, label_tag=None, labels=None):
+        def _series_and_labelled(self) -> tuple[list[str], set[str]]:
+            series = self.list_images()  # one QIDO query
             self._init_from_datastore_file()
-            on_pacs = set(self.list_images())
-            return [k for k, v in self._datastore.objects.items() if v.labels.get(FINAL) and k in on_pacs]
+            finals = {k for k, v in self._datastore.objects.items() if v.labels.get(FINAL)}
+            return series, finals.intersection(series)
 
-        def get_unlabeled_images(self, label_tag=None, labels=None):
-            labelled = set(self.get_labeled_images())
-            return [s for s in self.list_images() if s not in labelled]
+        def get_labeled_images(self, label_tag=None, labels=None):  # noqa: ARG002
+            series, labelled = self._series_and_labelled()
+            return [s for s in series if s in labelled]
+
+        def get_unlabeled_images(self, label_tag=None, labels=None):  # noqa: ARG002
+            series, labelled = self._series_and_labelled()
+            return [s for s in series if s not in labelled]
 
     return KneelDICOMWebDatastore
