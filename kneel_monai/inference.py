@@ -29,7 +29,7 @@ from .measurements import knee_measurements
 from .model_io import KneelModel, load_model
 from .networks import prepare_for_inference
 from .quality import QualityThresholds, assess_knee
-from .transforms import CropRoi, PercentileNormalise, ResampleToSpacing, SplitHalves, points_between, points_to_mm
+from .transforms import CropRoi, LocalContrast, PercentileNormalise, ResampleToSpacing, SplitHalves, points_between, points_to_mm
 from .transforms.dictionary import SIDES
 
 __all__ = ["KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device",
@@ -172,6 +172,7 @@ class KneelPredictor:
         lp = self.landmarks.preprocessing
         self._roi_crop = CropRoi(size_mm=float(lp.get("roi_size_mm", 140.0)), spacing_mm=float(lp["spacing_mm"]))
         self._normalise = PercentileNormalise(5, 99)
+        self._local_contrast = LocalContrast.from_preprocessing(lp.get("local_contrast"))
 
     @classmethod
     def from_dirs(cls, roi_dir: str | os.PathLike, landmark_dir: str | os.PathLike, **kwargs: Any) -> KneelPredictor:
@@ -209,7 +210,10 @@ class KneelPredictor:
         return centres, {s: float(conf[i, 0]) for i, s in enumerate(SIDES)}
 
     def _landmark_crops(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> list[MetaTensor]:
-        return [self._pad_crop(self._roi_crop(image, centres[s], mirror=s == "L"), self.landmarks) for s in centres]
+        crops = [self._roi_crop(image, centres[s], mirror=s == "L") for s in centres]
+        if self._local_contrast is not None:  # on the ROI, before padding, as in training
+            crops = [self._local_contrast(c) for c in crops]
+        return [self._pad_crop(c, self.landmarks) for c in crops]
 
     def knee_landmarks(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Stage 2 around the given centres: ``{side: (landmarks (16, 2) original px, confidence (16,))}``."""

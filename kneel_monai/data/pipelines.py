@@ -29,6 +29,7 @@ from ..io import LoadRadiographd
 from ..transforms import (
     CropRoid,
     FollowAffined,
+    LocalContrastd,
     PercentileNormalised,
     RecordAffined,
     RandCutoutd,
@@ -83,7 +84,8 @@ class PointsToTargetd(MapTransform):
 
 class BatchReadyd(MapTransform):
     """Make a sample collatable: drop the datalist's raw JSON points, give each knee its own KL
-    grade (``-1`` when unknown) and drop a ``None`` spacing — ``default_collate`` cannot batch ``None``."""
+    grade (``-1`` when unknown) and drop the per-item spacing (``default_collate`` cannot batch
+    ``None`` or a key some items lack)."""
 
     def __init__(self) -> None:
         super().__init__(["image"])
@@ -94,8 +96,11 @@ class BatchReadyd(MapTransform):
         if isinstance(kl, Mapping):
             kl = kl.get(d.get("side"))
         d["kl"] = -1 if kl is None else int(kl)
-        if d.get("spacing_mm") is None:
-            d.pop("spacing_mm", None)
+        # the spacing was used by the reader (the image's affine carries it); items of mixed sources
+        # (a crop set with it, DICOMs without) must collate, so neither it nor the crop key travels on
+        d.pop("spacing_mm", None)
+        d.pop("key", None)
+        d.setdefault("source", "")
         return d
 
 
@@ -138,9 +143,17 @@ def roi_stage_transforms(train: bool, spacing_mm: float = 1.0, pad: int = 520, c
 
 
 def landmark_stage_transforms(train: bool, size_mm: float = 140.0, spacing_mm: float = 0.3, pad: int = 520,
-                              crop: int = 450, cutout: float = 0.1) -> Compose:
-    """Knee item → a 140 mm ROI at 0.3 mm centred on landmark 4, left knees mirrored; 16 points as target."""
-    return Compose(_head() + [
-        CropRoid("image", centre_key="points", centre_id=4, size_mm=size_mm, spacing_mm=spacing_mm,
-                 side_key="side", point_keys="points"),
-    ] + _tail(train, pad, crop, cutout))
+                              crop: int = 450, cutout: float = 0.1, local_contrast: Mapping | None = None) -> Compose:
+    """Knee item → a 140 mm ROI at 0.3 mm centred on landmark 4, left knees mirrored; 16 points as target.
+
+    ``local_contrast`` (a model's ``preprocessing["local_contrast"]``, e.g. ``{"kind": "clahe",
+    "tile_mm": 16, "clip_limit": 0.01}``) equalises the ROI before any random step, as inference does.
+    """
+    roi = [CropRoid("image", centre_key="points", centre_id=4, size_mm=size_mm, spacing_mm=spacing_mm,
+                    side_key="side", point_keys="points")]
+    if local_contrast:
+        if local_contrast.get("kind") != "clahe":
+            raise ValueError(f"unknown local contrast kind {local_contrast.get('kind')!r}; expected 'clahe'")
+        roi.append(LocalContrastd("image", float(local_contrast.get("tile_mm", 16.0)),
+                                  float(local_contrast.get("clip_limit", 0.01))))
+    return Compose(_head() + roi + _tail(train, pad, crop, cutout))

@@ -205,7 +205,8 @@ def stage_of(model_dir: str | os.PathLike) -> str:
     pre = cfg.get("preprocessing", {})
     for name, stage in STAGES.items():
         if (stage.task == cfg.get("task") and stage.spacing_mm == pre.get("spacing_mm")
-                and stage.pad_size == pre.get("pad_size") and stage.crop_size == pre.get("crop_size")):
+                and stage.pad_size == pre.get("pad_size") and stage.crop_size == pre.get("crop_size")
+                and (stage.local_contrast_spec or None) == (pre.get("local_contrast") or None)):
             return name
     raise LabelError(f"{model_dir}: a {cfg.get('task')} model with preprocessing {pre} matches no training stage "
                      f"of the bundle ({', '.join(STAGES)}); it cannot be fine-tuned here", 409)

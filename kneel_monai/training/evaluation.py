@@ -74,6 +74,7 @@ def stage_of_model(model: KneelModel, stage: str | StageConfig | None = None) ->
         out_points=int(model.networks[0].out_points),
         subset="model_selection" if model.task == "landmarks" else None,
         key_radius_mm=2.5 if model.task == "landmarks" else 10.0,
+        local_contrast=tuple(sorted((pre.get("local_contrast") or {}).items())),
     )
     if stage is None:
         return derived
@@ -84,6 +85,8 @@ def stage_of_model(model: KneelModel, stage: str | StageConfig | None = None) ->
     fields = ("spacing_mm", "pad_size", "crop_size") + (("roi_size_mm",) if cfg.task == "landmarks" else ())
     differ = [f"{f} {getattr(derived, f)} (model) vs {getattr(cfg, f)} (stage)" for f in fields
               if not math.isclose(float(getattr(derived, f)), float(getattr(cfg, f)))]
+    if cfg.task == "landmarks" and derived.local_contrast != cfg.local_contrast:
+        differ.append(f"local contrast {derived.local_contrast_spec} (model) vs {cfg.local_contrast_spec} (stage)")
     if differ:
         raise ValueError(f"{where} was trained for another geometry than stage {stage!r}: {'; '.join(differ)}. "
                          "Leave the stage out to evaluate at the model's own geometry.")

@@ -35,6 +35,11 @@ class StageConfig:
     out_points: int = 16
     subset: str | None = "model_selection"  # validation PCK subset
     key_radius_mm: float = 2.5
+    local_contrast: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs, e.g. (("kind", "clahe"), …); () none
+
+    @property
+    def local_contrast_spec(self) -> dict[str, Any] | None:
+        return dict(self.local_contrast) or None
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -42,6 +47,8 @@ class StageConfig:
                "intensity": {"kind": "percentile", "lower": 5, "upper": 99}}
         if self.task == "landmarks":
             pre["roi_size_mm"] = self.roi_size_mm
+        if self.local_contrast:
+            pre["local_contrast"] = dict(self.local_contrast)
         return pre
 
 
@@ -53,6 +60,10 @@ STAGES: dict[str, StageConfig] = {
     # the knee centre needs ~10 mm, not 1 mm: 4 mm pixels keep the half-image field of view at 1/16 of the cost
     "roi_cpu": StageConfig("roi", 4.0, 130, 112, out_points=1, subset=None, key_radius_mm=10.0),
     "landmarks_cpu": StageConfig("landmarks", 0.6, 260, 224),
+    # the same with CLAHE on every ROI: real crops (CLAHE-processed) and raw radiographs look alike to the
+    # network (docs/real_knees.md); the shipped landmark model since 0.3.0
+    "landmarks_cpu_clahe": StageConfig("landmarks", 0.6, 260, 224,
+                                       local_contrast=(("clip_limit", 0.01), ("kind", "clahe"), ("tile_mm", 16.0))),
 }
 
 
@@ -68,7 +79,8 @@ def stage_transforms(stage: StageConfig, train: bool, cutout: float = 0.1):
         return roi_stage_transforms(train, spacing_mm=stage.spacing_mm, pad=stage.pad_size, crop=stage.crop_size,
                                     cutout=cutout)
     return landmark_stage_transforms(train, size_mm=stage.roi_size_mm, spacing_mm=stage.spacing_mm,
-                                     pad=stage.pad_size, crop=stage.crop_size, cutout=cutout)
+                                     pad=stage.pad_size, crop=stage.crop_size, cutout=cutout,
+                                     local_contrast=stage.local_contrast_spec)
 
 
 def stage_datasets(datalist: str | os.PathLike, stage: str | StageConfig, fold: int = 0, cache: bool = True,
