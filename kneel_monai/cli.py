@@ -79,6 +79,29 @@ def _cmd_build_oai(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_oai_crops(ns: argparse.Namespace) -> int:
+    from .data.oai_crops import build_crop_dataset, read_crop_reference, read_registration
+    from .data.oai_crops_report import write_registration_report
+
+    summary = build_crop_dataset(ns.crops_dir, ns.out, model=ns.model, synthetic=ns.synthetic or [], split=ns.split,
+                                 device=ns.device, keep_failed=ns.keep_failed)
+    out = Path(ns.out)
+    print(f"round {summary['round']}: {summary['crops']} crops — train {summary['train']}, validation "
+          f"{summary['validation']}, test {summary['test']}; {summary['synthetic_knees']} synthetic knees")
+    for item in summary["refused"]:
+        print(f"  refused {item['key']}: {item['reason']}")
+    if summary["excluded"]:
+        kept = " (kept in the datalists: --keep-failed)" if ns.keep_failed else " (left out of the datalists)"
+        print(f"  {len(summary['excluded'])} crops whose registration does not hold{kept}, e.g.:")
+        for key, reason in list(summary["excluded"].items())[:5]:
+            print(f"    {key}: {reason}")
+    records, _ = read_crop_reference(ns.crops_dir)
+    for path in write_registration_report(read_registration(out / "registration.json"), records, out, ns.split):
+        print(f"wrote {path}")
+    print(f"wrote {out / 'landmark_datalist.json'}\nwrote {out / 'landmark_test_datalist.json'}")
+    return 0
+
+
 def _cmd_info(ns: argparse.Namespace) -> int:
     from .io import describe_radiograph
 
@@ -225,6 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
     oai.add_argument("--folds", type=int, default=5)
     oai.add_argument("--seed", type=int, default=42)
     oai.set_defaults(func=_cmd_build_oai)
+
+    crops = sub.add_parser(
+        "build-oai-crops", help="real knee crops + KNEEL annotations → one more registration round + datalists",
+        description="Registers each crop's annotation (robust similarity onto a landmark model's prediction), "
+                    "then writes landmark_datalist.json (train + validation parts, plus synthetic knees) and "
+                    "landmark_test_datalist.json (the test part) with the project's split. Without --model and "
+                    "no earlier round in OUT: round 0, the set's constant mapping. See docs/real_knees.md.")
+    crops.add_argument("crops_dir", help="the crop set: <key>.png files and reference.json")
+    crops.add_argument("out", help="output folder (registration.json, datalists, pictures); re-use it for later rounds")
+    crops.add_argument("--model", help="landmark model directory whose predictions drive this round")
+    crops.add_argument("--synthetic", action="append", metavar="DIR",
+                       help="a `kneel synth` folder whose knees join the training part (repeatable)")
+    crops.add_argument("--split", help="split file (default: the project's, kneel_monai/data/oai_crops_split.json)")
+    crops.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    crops.add_argument("--keep-failed", action="store_true",
+                       help="keep crops whose fit fails in the datalists (intermediate rounds only)")
+    crops.set_defaults(func=_cmd_build_oai_crops)
 
     label = sub.add_parser("label-server", help="start the MONAI Label app (active annotation) on a studies folder "
                            "or DICOMweb URL", description="Runs `monailabel start_server --app monailabel_app "

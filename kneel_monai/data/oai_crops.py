@@ -33,8 +33,9 @@ from ..similarity import apply_similarity, fit_similarity, robust_similarity, si
 from .folds import patient_folds
 
 __all__ = ["ANNOTATION_SPACING_MM", "NOMINAL_CROP_SPACING_MM", "CropSetError", "CropRecord", "RegistrationLimits",
-           "read_crop_reference", "approx_pose", "annotation_in_crop", "predict_crops", "register_round",
-           "make_split", "read_split", "default_split_path", "crop_datalist_items", "mean_shape",
+           "read_crop_reference", "approx_pose", "annotation_in_crop", "predict_crop", "predict_crops", "register_round",
+           "make_split", "read_split", "default_split_path", "crop_datalist_items", "mean_shape", "mean_shape_for",
+           "pose_spacing_mm", "latest_poses", "build_crop_dataset",
            "REGISTRATION_FORMAT", "read_registration", "write_registration"]
 
 ANNOTATION_SPACING_MM = 0.3  # the KNEEL annotation's ROI pixels
@@ -142,24 +143,28 @@ class RegistrationLimits:
     max_shift_mm: float = 2.0
 
 
+def predict_crop(predictor: Any, image: Any, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 2 on one knee crop as the pipeline runs it: around the image centre, then re-centred on
+    the predicted landmark 4. ``image``: a radiograph read with its spacing (``read_radiograph``).
+    Returns ``(landmarks (16, 2) image px, confidence (16,))``."""
+    from ..landmarks import KNEE_CENTRE_ID
+
+    norm = predictor._normalise(image)
+    h, w = norm.shape[-2:]
+    first = predictor.knee_landmarks(norm, {side: np.array([(w - 1) / 2, (h - 1) / 2])})[side][0]
+    return predictor.knee_landmarks(norm, {side: first[KNEE_CENTRE_ID]})[side]
+
+
 def predict_crops(predictor: Any, records: list[CropRecord], spacing_mm: dict[str, float],
                   progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Stage 2 on each crop as the pipeline runs it: around the crop centre, then re-centred on the
-    predicted landmark 4. ``{key: (landmarks (16, 2) crop px, confidence (16,))}``; ``spacing_mm``
-    gives each crop's current spacing estimate."""
+    """:func:`predict_crop` on every record: ``{key: (landmarks (16, 2) crop px, confidence (16,))}``;
+    ``spacing_mm`` gives each crop's current spacing estimate."""
     from tqdm import tqdm
 
     from ..io import read_radiograph
-    from ..landmarks import KNEE_CENTRE_ID
 
-    out = {}
-    for rec in tqdm(records, desc="predicting crops", unit="crop", disable=not progress):
-        image = predictor._normalise(read_radiograph(rec.image, spacing_mm[rec.key]))
-        h, w = image.shape[-2:]
-        centre = np.array([(w - 1) / 2, (h - 1) / 2])
-        first = predictor.knee_landmarks(image, {rec.side: centre})[rec.side][0]
-        out[rec.key] = predictor.knee_landmarks(image, {rec.side: first[KNEE_CENTRE_ID]})[rec.side]
-    return out
+    return {rec.key: predict_crop(predictor, read_radiograph(rec.image, spacing_mm[rec.key]), rec.side)
+            for rec in tqdm(records, desc="predicting crops", unit="crop", disable=not progress)}
 
 
 def register_round(records: list[CropRecord], predictions: dict[str, tuple[np.ndarray, np.ndarray]],
