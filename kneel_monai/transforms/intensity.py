@@ -61,8 +61,8 @@ class LocalContrast(Transform):
     """CLAHE (contrast-limited adaptive histogram equalisation) at a fixed physical tile size.
 
     Real knee crops in public datasets are often CLAHE-processed while radiographs straight from
-    the scanner are not; equalising every network input the same way maps both to similar local
-    histograms (a second CLAHE changes an already equalised image little), so one model serves both.
+    the scanner are not; equalising every network input the same way brings both to similar local
+    histograms, so one model serves both (the measurement behind this choice: docs/real_knees.md).
     The tile is given in millimetres so the result does not depend on the image's pixel size;
     input and output are in [0, 1] and the affine is kept.
     """
