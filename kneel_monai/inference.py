@@ -29,6 +29,7 @@ from .measurements import knee_measurements
 from .model_io import KneelModel, load_model
 from .networks import prepare_for_inference
 from .quality import QualityThresholds, assess_knee
+from .shape_plausibility import shape_distance
 from .transforms import CropRoi, LocalContrast, PercentileNormalise, ResampleToSpacing, SplitHalves, points_between, points_to_mm
 from .transforms.dictionary import SIDES
 
@@ -56,6 +57,7 @@ class KneeResult:
     quality: str = ""
     quality_reasons: list[str] = field(default_factory=list)
     spread_mm: np.ndarray | None = None  # (16,) MC-dropout spread (RMS distance to the mean), mm
+    shape_distance: float | None = None  # how unlike annotated knees the 16 points are (shape_plausibility)
 
     def to_dict(self) -> dict[str, Any]:
         def lst(a):
@@ -66,7 +68,8 @@ class KneeResult:
                 "centre_px": lst(self.centre_px), "reason": self.reason,
                 "measurements": {k: round(float(v), 4) for k, v in self.measurements.items()},
                 "quality": self.quality, "quality_reasons": list(self.quality_reasons),
-                "spread_mm": lst(self.spread_mm)}
+                "spread_mm": lst(self.spread_mm),
+                "shape_distance": None if self.shape_distance is None else round(float(self.shape_distance), 3)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> KneeResult:
@@ -78,7 +81,8 @@ class KneeResult:
                    landmarks_mm=arr(d.get("landmarks_mm")), confidence=arr(d.get("confidence")),
                    centre_px=arr(d.get("centre_px")), reason=d.get("reason", ""),
                    measurements=dict(d.get("measurements") or {}), quality=d.get("quality", ""),
-                   quality_reasons=list(d.get("quality_reasons") or []), spread_mm=arr(d.get("spread_mm")))
+                   quality_reasons=list(d.get("quality_reasons") or []), spread_mm=arr(d.get("spread_mm")),
+                   shape_distance=d.get("shape_distance"))
 
 
 @dataclass
@@ -279,9 +283,10 @@ class KneelPredictor:
                 continue
             mm = points_to_mm(pts, image.affine)
             measured = knee_measurements(mm)
-            quality, reasons = assess_knee(conf, measured, spread.get(side), self.quality)
+            distance = shape_distance(mm, side)
+            quality, reasons = assess_knee(conf, measured, spread.get(side), self.quality, distance)
             knees[side] = KneeResult(side, True, pts, mm, conf, centres[side], measurements=measured, quality=quality,
-                                     quality_reasons=reasons, spread_mm=spread.get(side))
+                                     quality_reasons=reasons, spread_mm=spread.get(side), shape_distance=distance)
         meta = image.meta
         spacing = tuple(float(v) for v in meta.get("pixel_spacing_mm", (float(image.affine[0, 0]),
                                                                          float(image.affine[1, 1]))))

@@ -32,6 +32,8 @@ class QualityThresholds:
         condyle_width_mm: plausible femoral condyle widths.
         max_abs_angle_deg: plausible joint-line angles.
         max_jsw_mm: plausible joint space widths.
+        max_shape_distance: the largest shape distance of the 16 points from the annotated real
+            knees (:mod:`kneel_monai.shape_plausibility`), when it was computed.
     """
 
     mean_confidence: float = 0.33
@@ -40,13 +42,18 @@ class QualityThresholds:
     condyle_width_mm: tuple[float, float] = (45.0, 110.0)
     max_abs_angle_deg: float = 12.0
     max_jsw_mm: float = 15.0
+    max_shape_distance: float = 8.0
 
 
 def assess_knee(confidence: np.ndarray, measurements: dict[str, float], spread_mm: np.ndarray | None = None,
-                thresholds: QualityThresholds = QualityThresholds()) -> tuple[str, list[str]]:
+                thresholds: QualityThresholds = QualityThresholds(), shape_distance: float | None = None
+                ) -> tuple[str, list[str]]:
     """``("ok" | "check", reasons)`` for one present knee."""
     t = thresholds
     reasons: list[str] = []
+    if shape_distance is not None and not shape_distance <= t.max_shape_distance:
+        reasons.append(f"implausible shape: distance {shape_distance:.1f} from the annotated knees > "
+                       f"{t.max_shape_distance:.1f}")
     conf = np.asarray(confidence, dtype=float)
     if conf.mean() < t.mean_confidence:
         worst = int(np.argmin(conf))
