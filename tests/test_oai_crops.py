@@ -236,3 +236,28 @@ def test_approx_pose_is_the_sets_constant_mapping(crop_set):
         assert pose_spacing_mm(pose) == pytest.approx(ANNOTATION_SPACING_MM / 0.667, rel=1e-3)
         np.testing.assert_allclose(annotation_in_crop(rec, pose)[4], [112.0, 125.0], atol=0.01)
 
+
+
+def test_bundle_evaluates_the_crop_test_part(crop_set, split_file, tmp_path):
+    """`monai.bundle run evaluating_crops` on a build-oai-crops folder gives the same numbers as the library."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigWorkflow
+
+    folder, _ = crop_set
+    built = tmp_path / "built"
+    build_crop_dataset(folder, built, split=split_file, progress=False)
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "kneel_landmarks" / "configs"
+    wf = ConfigWorkflow(config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
+                        meta_file=str(configs / "metadata.json"), logging_file=False, run_id="evaluating_crops",
+                        workflow_type=None, bundle_root=str(configs.parent), dataset_dir=str(built),
+                        output_dir=str(tmp_path / "bundle_out"), device="$torch.device('cpu')")
+    wf.initialize()
+    wf.run()
+    summary = wf.parser.get_parsed_content("crops_evaluation")
+    wf.finalize()
+    direct = evaluate_crops(KneelPredictor(*default_model_dirs(), device="cpu"), built / "landmark_test_datalist.json",
+                            tmp_path / "direct", progress=False)
+    assert summary["n_knees"] == direct["n_knees"] == 1
+    assert summary["registered"]["all"]["median_mm"] == pytest.approx(direct["registered"]["all"]["median_mm"])
+    assert (tmp_path / "bundle_out" / "eval" / "crops" / "crops_report.md").is_file()
