@@ -261,3 +261,19 @@ def test_bundle_evaluates_the_crop_test_part(crop_set, split_file, tmp_path):
     assert summary["n_knees"] == direct["n_knees"] == 1
     assert summary["registered"]["all"]["median_mm"] == pytest.approx(direct["registered"]["all"]["median_mm"])
     assert (tmp_path / "bundle_out" / "eval" / "crops" / "crops_report.md").is_file()
+
+
+def test_cli_builds_and_names_a_missing_reference(crop_set, split_file, tmp_path, capsys):
+    from kneel_monai.cli import main
+
+    folder, _ = crop_set
+    assert main(["build-oai-crops", str(folder), str(tmp_path / "out"), "--split", str(split_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "round 0: 4 crops — train 2, validation 1, test 1" in printed
+    for name in ("registration.json", "landmark_datalist.json", "landmark_test_datalist.json",
+                 "registration_rounds.md", "registration_overlays.png"):
+        assert (tmp_path / "out" / name).is_file(), name
+    assert main(["build-oai-crops", str(tmp_path / "nowhere"), str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "reference.json" in err
+    assert not (tmp_path / "out2" / "landmark_datalist.json").exists()
