@@ -91,19 +91,23 @@ def test_reader_refuses_bad_records_by_key_and_keeps_the_rest(crop_set, tmp_path
     broken["landmarks_roi_0.3mm"] = broken["landmarks_roi_0.3mm"][:15]
     missing = dict(records[1], key="9999998L", subject_id="9999998")
     bad_side = dict(records[2], key="9999997R", side="X")
+    truncated = dict(records[3], key="9999996L", subject_id="9999996")
     work = tmp_path / "set"
     work.mkdir()
     for rec in records:
         (work / f"{rec['key']}.png").write_bytes((folder / f"{rec['key']}.png").read_bytes())
     (work / "9999999R.png").write_bytes((folder / f"{records[0]['key']}.png").read_bytes())
     (work / "9999997R.png").write_bytes((folder / f"{records[0]['key']}.png").read_bytes())
-    (work / "reference.json").write_text(json.dumps(records + [broken, missing, bad_side]))
+    png = (folder / f"{records[3]['key']}.png").read_bytes()
+    (work / "9999996L.png").write_bytes(png[: len(png) // 3])
+    (work / "reference.json").write_text(json.dumps(records + [broken, missing, bad_side, truncated]))
     good, problems = read_crop_reference(work)
     assert sorted(r.key for r in good) == sorted(truth)
     reasons = {p["key"]: p["reason"] for p in problems}
     assert "15 points" in reasons["9999999R"] and "expected 16" in reasons["9999999R"]
     assert "9999998L.png" in reasons["9999998L"] and "missing" in reasons["9999998L"]
     assert "side" in reasons["9999997R"]
+    assert "9999996L.png" in reasons["9999996L"] and "cannot be read" in reasons["9999996L"]
     (work / "reference.json").write_text("{not json")
     with pytest.raises(CropSetError, match="reference.json"):
         read_crop_reference(work)

@@ -74,6 +74,20 @@ def _points(record: dict, field: str, key: str) -> np.ndarray:
     return pts
 
 
+def _check_png(path: Path, key: str) -> None:
+    """A crop must decode as a 2-D image (a truncated or corrupt file is named here, not mid-training)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            size = im.size
+    except Exception as err:  # noqa: BLE001 — PIL raises many kinds for a bad file
+        raise CropSetError(f"{key}: image {path} cannot be read ({type(err).__name__}: {err})") from None
+    if min(size) < 32:
+        raise CropSetError(f"{key}: image {path} is {size[0]}×{size[1]} px, too small for a knee crop")
+
+
 def read_crop_reference(folder: str | os.PathLike, reference: str = "reference.json"
                         ) -> tuple[list[CropRecord], list[dict[str, str]]]:
     """The crop set's records; ``(records, problems)`` — a record that cannot be used is named in
@@ -98,6 +112,7 @@ def read_crop_reference(folder: str | os.PathLike, reference: str = "reference.j
             image = folder / f"{key}.png"
             if not image.is_file():
                 raise CropSetError(f"{key}: image {image} is missing")
+            _check_png(image, key)
             kl = rec.get("kl")
             records.append(CropRecord(key, str(rec.get("subject_id", key[:-1])), side,
                                       None if kl is None else int(kl), image,
