@@ -106,8 +106,8 @@ def write_registration_report(registration: dict[str, Any], records: list[CropRe
     keys = sorted(k for k in registration["rounds"][-1]["crops"] if k in by_key)
     keys = keys[:: max(1, len(keys) // n_overlays)][:n_overlays]
     if keys:
-        colours = ["#ffdd00", "#00ccff", "#ff55ff", "#ffffff", "#ff8800"]
-        fig, axes = plt.subplots(2, (len(keys) + 1) // 2, figsize=(3.2 * ((len(keys) + 1) // 2), 6.4))
+        colours = ["#ffdd00", "#00ccff", "#ff55ff", "#ff3030", "#30ff30", "#ff8800"]
+        fig, axes = plt.subplots(2, (len(keys) + 1) // 2, figsize=(3.6 * ((len(keys) + 1) // 2), 4.6))
         for ax, key in zip(np.ravel(axes), keys):
             rec = by_key[key]
             ax.imshow(np.asarray(Image.open(rec.image).convert("L")), cmap="gray")
@@ -117,6 +117,8 @@ def write_registration_report(registration: dict[str, Any], records: list[CropRe
                 ax.plot(pts[:9, 0], pts[:9, 1], ".-", label=f"round {rnd['round']}", **style)
                 ax.plot(pts[9:, 0], pts[9:, 1], ".--", **style)
             last = registration["rounds"][-1]["crops"][key]
+            joint = annotation_in_crop(rec, np.asarray(last["pose"]))
+            ax.set_ylim(min(joint[:, 1].max() + 45, 223.5), max(joint[:, 1].min() - 45, -0.5))  # the joint band
             ax.set_title(f"{key} KL{rec.kl} {last['spacing_mm']:.3f} mm/px", fontsize=8)
             ax.axis("off")
         for ax in np.ravel(axes)[len(keys):]:
