@@ -1,13 +1,14 @@
 """Per-knee quality flag: which predictions a user should look at first.
 
 A knee is flagged ``"check"`` when any rule below fires, ``"ok"`` otherwise; the reasons are kept
-so a cohort table can be sorted and filtered by them. The default thresholds were set on the 114
-knees of 60 held-out synthetic radiographs with the shipped models
-(``benchmarks/calibrate_quality.py``; ``docs/predict.md`` gives the figures): the confidence limit
-sits at about the 1st percentile of those knees' mean confidence, the spread limit above their
-largest spread, and the measurement ranges around those of the 748 annotated OAI knees — so a
-knee is flagged when it looks unlike the knees the models handle well, or when its measurements
-cannot be a knee's (e.g. a wrong pixel spacing).
+so a cohort table can be sorted and filtered by them. Since 0.3.0 the confidence, spread and shape
+limits are calibrated on **real knees**: the 100 validation knees of the real OAI crop set with the
+shipped landmark model (``benchmarks/calibrate_quality_real.py``; ``docs/real_knees.md`` gives the
+figures on the test knees): the confidence limit at the 1st percentile of the well-placed knees'
+mean confidence, the spread and shape-distance limits at their 99th percentile. The measurement
+ranges sit around those of the 748 annotated OAI knees — so a knee is flagged when it looks unlike
+the knees the model handles well, when its 16 points do not form a knee's shape, or when its
+measurements cannot be a knee's (e.g. a wrong pixel spacing).
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ class QualityThresholds:
             knees (:mod:`kneel_monai.shape_plausibility`), when it was computed.
     """
 
-    mean_confidence: float = 0.33
-    max_spread_mm: float = 2.5
+    mean_confidence: float = 0.44
+    max_spread_mm: float = 1.3
     plateau_width_mm: tuple[float, float] = (50.0, 110.0)
     condyle_width_mm: tuple[float, float] = (45.0, 110.0)
     max_abs_angle_deg: float = 12.0
     max_jsw_mm: float = 15.0
-    max_shape_distance: float = 8.0
+    max_shape_distance: float = 5.0
 
 
 def assess_knee(confidence: np.ndarray, measurements: dict[str, float], spread_mm: np.ndarray | None = None,

@@ -14,7 +14,8 @@ GOOD = {"lateral_jsw_mm": 5.5, "medial_jsw_mm": 4.2, "tibial_plateau_width_mm": 
 
 
 def test_a_typical_knee_is_ok():
-    assert assess_knee(np.full(16, 0.43), GOOD, np.full(16, 1.2)) == ("ok", [])
+    """Typical of a well-placed real knee (medians of the calibration's validation knees: 0.55, 0.84 mm)."""
+    assert assess_knee(np.full(16, 0.55), GOOD, np.full(16, 0.9)) == ("ok", [])
 
 
 @pytest.mark.parametrize("change, word", [
@@ -26,7 +27,7 @@ def test_a_typical_knee_is_ok():
     ({"medial_jsw_mm": 22.0}, "medial joint space width"),
 ])
 def test_each_rule_flags_with_its_reason(change, word):
-    confidence = change.pop("confidence", np.full(16, 0.43))
+    confidence = change.pop("confidence", np.full(16, 0.55))
     spread = change.pop("spread", None)
     quality, reasons = assess_knee(confidence, {**GOOD, **change}, spread)
     assert quality == "check" and len(reasons) == 1 and word in reasons[0], reasons
