@@ -226,15 +226,19 @@ def register_round(records: list[CropRecord], predictions: dict[str, tuple[np.nd
     return out
 
 
-def read_registration(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
+def _read_json(path: Path, fmt: str, what: str) -> dict[str, Any]:
+    """A project JSON file of format ``fmt``; CropSetError naming the file otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise CropSetError(f"{path}: cannot read the registration ({err})") from None
-    if data.get("format") != REGISTRATION_FORMAT:
-        raise CropSetError(f"{path}: not a crop registration (format is not {REGISTRATION_FORMAT!r})")
+        raise CropSetError(f"{path}: cannot read the {what} ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise CropSetError(f"{path}: not a {what} (format is not {fmt!r})")
     return data
+
+
+def read_registration(path: str | os.PathLike) -> dict[str, Any]:
+    return _read_json(Path(path), REGISTRATION_FORMAT, "crop registration")
 
 
 def write_registration(path: str | os.PathLike, data: dict[str, Any]) -> Path:
@@ -271,13 +275,7 @@ def make_split(records: list[CropRecord], seed: int = 42) -> dict[str, Any]:
 
 def read_split(path: str | os.PathLike | None = None) -> dict[str, str]:
     """``{key: "train" | "validation" | "test"}`` from a split file (default: the shipped one)."""
-    path = Path(path) if path is not None else default_split_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CropSetError(f"{path}: cannot read the split ({err})") from None
-    if data.get("format") != SPLIT_FORMAT:
-        raise CropSetError(f"{path}: not a crop split (format is not {SPLIT_FORMAT!r})")
+    data = _read_json(Path(path) if path is not None else default_split_path(), SPLIT_FORMAT, "crop split")
     return {k: v["part"] for k, v in data["crops"].items()}
 
 
