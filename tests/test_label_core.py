@@ -109,10 +109,13 @@ def test_fine_tuning_keeps_each_models_own_stage(tmp_path):
     from kneel_monai.training.stages import STAGES
 
     roi, landmarks = resolve_model_dirs(None)
-    assert (stage_of(roi), stage_of(landmarks)) == ("roi_cpu", "landmarks_cpu")  # the shipped models
+    assert (stage_of(roi), stage_of(landmarks)) == ("roi_cpu", "landmarks_cpu_clahe")  # the shipped models
     other = tmp_path / "model"
     shutil.copytree(landmarks, other)
     cfg = json.loads((other / "model.json").read_text())
+    cfg["preprocessing"].pop("local_contrast")  # the same geometry without CLAHE: 0.2.0's stage
+    (other / "model.json").write_text(json.dumps(cfg))
+    assert stage_of(other) == "landmarks_cpu"
     paper = STAGES["landmarks"]
     cfg["preprocessing"].update(spacing_mm=paper.spacing_mm, pad_size=paper.pad_size, crop_size=paper.crop_size)
     (other / "model.json").write_text(json.dumps(cfg))
