@@ -479,7 +479,7 @@ def _bad_files(folder: Path, pixels: np.ndarray) -> dict[str, tuple[Path, str]]:
     rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3)).astype(np.uint8)
     out["rgb png"] = (
         _sitk_write(folder / "rgb.png", rgb, vector=True),
-        r"not a grey-level image \(3 channels",
+        r"a colour image \(RGB channels differ",
     )
     out["multi-frame"] = (
         write_dicom(
@@ -733,3 +733,61 @@ def test_writer_replaces_atomically_and_validates_its_input(tmp_path, pixels12):
         write_dicom(tmp_path / "y.dcm", pixels12, (0.2, 0.2), extra_tags={"NotAKeyword": 1})
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["x.dcm"]
     assert not (tmp_path / "y.dcm").exists()
+
+
+# --------------------------------------------------------------------------------------
+# grey radiographs exported as colour files (PACS viewers, public datasets)
+
+
+def _grey_knee(seed=3):
+    from kneel_monai.synthetic.generate import generate_radiograph
+
+    return generate_radiograph(seed, spacing_mm=0.5, size=(400, 520)).image
+
+
+def test_grey_jpeg_stored_as_rgb_is_read_as_grey(tmp_path):
+    from PIL import Image
+
+    grey = np.round(_grey_knee() * 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.int16)
+    rgb[..., 0] += np.random.default_rng(1).integers(-1, 2, grey.shape)  # a viewer's rounding in one channel
+    path = tmp_path / "export.jpg"
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB").save(path, quality=85)
+    img = read_radiograph(path, 0.5)
+    assert img.shape == (1, *grey.shape) and img.meta["stored_as"].startswith("grey stored as RGB")
+    assert np.abs(img[0].numpy() - grey).mean() < 3.0  # JPEG error only
+    assert img.meta["pixel_spacing_mm"] == (0.5, 0.5)
+
+
+def test_rgba_png_grey_and_opaque_is_read_transparent_is_refused(tmp_path):
+    from PIL import Image
+
+    grey = np.round(_grey_knee() * 255).astype(np.uint8)
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    img = read_radiograph(tmp_path / "opaque.png", 0.5)
+    np.testing.assert_allclose(img[0].numpy(), grey)
+    assert "RGBA" in img.meta["stored_as"]
+    rgba[:10, :10, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "holes.png")
+    with pytest.raises(RadiographReadError, match="holes.png.*transparent"):
+        read_radiograph(tmp_path / "holes.png", 0.5)
+
+
+def test_a_colour_image_is_refused_by_name_even_without_spacing(tmp_path):
+    from PIL import Image
+
+    grey = np.round(_grey_knee() * 255).astype(np.uint8)
+    photo = np.dstack([grey, grey // 2, 255 - grey])  # a colour picture of the same content
+    Image.fromarray(photo, "RGB").save(tmp_path / "photo.jpg", quality=95)
+    with pytest.raises(RadiographReadError, match=r"photo.jpg.*a colour image \(RGB channels differ"):
+        read_radiograph(tmp_path / "photo.jpg")  # the colour is the problem, not the missing spacing
+    overlay = np.repeat(grey[..., None], 3, axis=-1)
+    overlay[100:140, 100:300] = [255, 0, 0]  # a red annotation burnt into a grey export
+    Image.fromarray(overlay, "RGB").save(tmp_path / "annotated.png")
+    with pytest.raises(RadiographReadError, match="a colour image"):
+        read_radiograph(tmp_path / "annotated.png", 0.5)
+    Image.fromarray(np.dstack([grey, grey]).reshape(*grey.shape, 2)[..., 0], "L").convert("LA").save(
+        tmp_path / "grey_alpha.png")
+    with pytest.raises(RadiographReadError, match="grey_alpha.png"):  # grey + alpha: SimpleITK has no reader
+        read_radiograph(tmp_path / "grey_alpha.png", 0.5)

@@ -510,6 +510,7 @@ def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None)
         "series_description": header["series_description"],
         "modality": header["modality"],
         "format": "DICOM",
+        "stored_as": "",  # DICOM colour photometrics are refused above
     }
     return _finish(path, values, spacing, source, meta)
 
@@ -588,10 +589,10 @@ def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
     array_spacing = itk_spacing[::-1]
     kept = [i for i, n in enumerate(array_shape) if n > 1]
     problems: list[str] = []
-    if components > 1:
+    if components not in (1, 3, 4):  # RGB/RGBA may be grey stored as colour: checked on the pixels
         problems.append(
-            f"not a grey-level image ({components} channels per pixel, e.g. RGB); "
-            "RGB/multi-channel images are not radiographs this reader accepts"
+            f"not a grey-level image ({components} channels per pixel); "
+            "only grey images (or grey stored as RGB/RGBA) are radiographs this reader accepts"
         )
     if any(n == 0 for n in array_shape):
         problems.append(f"zero-size image (size {size})")
@@ -648,12 +649,52 @@ def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
     return header, reader
 
 
+#: channels of a grey image stored as colour differ by compression noise only: the 99th percentile
+#: of the channel differences stays within this fraction of the image's range (JPEG at quality ≥ 75
+#: keeps it under 1 %; a colour photograph or a coloured annotation overlay is far above)
+GREY_CHANNEL_TOLERANCE = 0.03
+
+
+def grey_from_colour(arr: np.ndarray, path: Path, tolerance: float = GREY_CHANNEL_TOLERANCE
+                     ) -> tuple[np.ndarray, str]:
+    """``(H, W, 3|4)`` pixels of a grey image stored as RGB(A) → ``(H, W)`` grey (the channel mean)
+    and a note for the metadata; a truly coloured image (or one with transparency) is refused."""
+    colour = arr[..., :3].astype(np.float64)
+    if arr.shape[-1] == 4:
+        alpha = arr[..., 3]
+        if alpha.min() != alpha.max():
+            raise RadiographReadError(path, "RGBA image with transparent pixels; a radiograph is expected")
+    span = float(colour.max() - colour.min()) or 1.0
+    step = max(1, int(np.sqrt(colour[..., 0].size / 250_000)))  # a regular subsample is enough
+    sample = colour[::step, ::step]
+    diff = np.abs(sample - sample.mean(axis=-1, keepdims=True)).max(axis=-1)
+    p99 = float(np.percentile(diff, 99)) / span
+    kind = "RGBA" if arr.shape[-1] == 4 else "RGB"
+    if p99 > tolerance:
+        raise RadiographReadError(
+            path, f"a colour image ({kind} channels differ: 99th percentile {100 * p99:.1f} % of the range, "
+                  f"grey allows {100 * tolerance:.0f} %); a grey-level radiograph is expected")
+    return colour.mean(axis=-1), f"grey stored as {kind} (channels differ ≤ {100 * p99:.1f} % of the range)"
+
+
 def _read_itk(path: Path, spacing_mm: tuple[float, float] | None) -> MetaTensor:
     import SimpleITK as sitk
 
     header, reader = _itk_header(path)
     if header["problems"]:
         raise RadiographReadError(path, header["problems"][0])
+
+    def pixels() -> np.ndarray:
+        try:
+            return sitk.GetArrayFromImage(reader.Execute())
+        except RuntimeError as e:
+            raise RadiographReadError(path, f"cannot read the image data ({_first_line(e)})") from e
+
+    kept = header["_kept_axes"]
+    arr, stored_as = None, ""
+    if header["samples_per_pixel"] > 1:  # a colour image is refused as such, before any spacing question
+        arr = pixels()
+        arr, stored_as = grey_from_colour(arr.reshape(arr.shape[kept[0]], arr.shape[kept[1]], arr.shape[-1]), path)
     if spacing_mm is not None:
         spacing, source = spacing_mm, "user"
     elif header["pixel_spacing_mm"] is not None:
@@ -662,16 +703,13 @@ def _read_itk(path: Path, spacing_mm: tuple[float, float] | None) -> MetaTensor:
         raise RadiographReadError(
             path, f"no pixel spacing ({header['spacing_notes'][0]}); pass spacing_mm"
         )
-    try:
-        image = reader.Execute()
-    except RuntimeError as e:
-        raise RadiographReadError(path, f"cannot read the image data ({_first_line(e)})") from e
-    arr = sitk.GetArrayFromImage(image)
-    kept = header["_kept_axes"]
+    if arr is None:
+        arr = pixels()
     arr = arr.reshape(arr.shape[kept[0]], arr.shape[kept[1]]) if arr.ndim != 2 else arr
     if arr.dtype.kind not in "uif":
         raise RadiographReadError(path, f"unsupported pixel type {header['pixel_type']}")
     meta = {
+        "stored_as": stored_as,
         "photometric_interpretation": None,
         "transfer_syntax": None,
         "patient_id": None,
