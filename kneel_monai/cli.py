@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON, an overlay PNG and a 3D Slicer .mrk.json, plus one cohort CSV (a row per knee). Re-running skips "
         "radiographs already done. Exit code 1 when any input failed (each gets a one-line reason).",
     )
-    pred.add_argument("inputs", nargs="+", help="radiograph files, folders (searched recursively) or .csv lists")
+    pred.add_argument("inputs", nargs="+", help="radiograph files, folders (searched recursively) or .csv lists "
+                      "(a path column, and optionally a spacing_mm column for JPEG/PNG files)")
     pred.add_argument("--out", required=True, help="output folder")
     pred.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                       help="auto: the GPU when there is one (default)")

@@ -22,7 +22,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -49,6 +51,7 @@ IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".
                   ".nii.gz", ".mha", ".mhd")
 #: columns a CSV list of inputs may name its paths with (else its first column)
 CSV_PATH_COLUMNS = ("path", "file", "image", "filename")
+CSV_SPACING_COLUMNS = ("spacing_mm", "spacing", "pixel_spacing_mm")
 
 COHORT_COLUMNS: tuple[str, ...] = (
     ("file", "side", "status", "reason", "quality", "quality_reasons", "mean_confidence", "min_confidence",
@@ -78,22 +81,44 @@ def _image_suffix(path: Path) -> str:
     return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), "")
 
 
-def _csv_paths(path: Path) -> list[Path]:
-    """The radiograph paths a CSV list names (relative ones against the CSV's folder)."""
+def _parse_spacing(text: str) -> tuple[float, float] | None:
+    """A CSV cell: empty → None; one number (mm) or two (row, col) separated by a space, ';' or 'x'."""
+    text = text.strip()
+    if not text:
+        return None
+    parts = [p for p in re.split(r"[\s;xX]+", text) if p]
+    values = [float(p) for p in parts]  # ValueError for garbage
+    if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(text)
+    return (values[0], values[-1])
+
+
+def _csv_rows(path: Path) -> tuple[list[tuple[Path, tuple[float, float] | None]], list[str]]:
+    """The radiographs a CSV list names (relative paths against the CSV's folder), each with the
+    pixel spacing of its row's ``spacing_mm``/``spacing``/``pixel_spacing_mm`` column (JPEG/PNG carry
+    none); a row whose spacing is not a positive number (or two) is a problem naming it, not a file."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh))
     if not rows:
-        return []
+        return [], []
     header = [h.strip().lower() for h in rows[0]]
     column = next((header.index(c) for c in CSV_PATH_COLUMNS if c in header), None)
+    spacing_column = next((header.index(c) for c in CSV_SPACING_COLUMNS if c in header), None)
     body = rows[1:] if column is not None else rows
+    first_line = 2 if column is not None else 1
     column = column or 0
-    out = []
-    for row in body:
+    out, problems = [], []
+    for n, row in enumerate(body, start=first_line):
         if len(row) > column and row[column].strip():
             p = Path(row[column].strip())
-            out.append(p if p.is_absolute() else path.parent / p)
-    return out
+            p = p if p.is_absolute() else path.parent / p
+            cell = row[spacing_column] if spacing_column is not None and len(row) > spacing_column else ""
+            try:
+                out.append((p, _parse_spacing(cell)))
+            except ValueError:
+                problems.append(f"{p}: bad pixel spacing {cell.strip()!r} in {path} line {n} (expected a positive "
+                                "number in mm, or 'row col')")
+    return out, problems
 
 
 def find_radiographs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
@@ -105,43 +130,48 @@ def find_radiographs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) ->
     always kept. Returns ``(files, problems)``, problems being inputs that do not exist.
     """
     planned, problems = _expand(inputs)
-    return [p for p, _ in planned], problems
+    return [p for p, _, _ in planned], problems
 
 
-def _expand(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[tuple[Path, Path | None]], list[str]]:
-    """``[(file, the folder input it was found under or None)]`` and the problems."""
+def _expand(inputs: str | os.PathLike | Iterable[str | os.PathLike]
+            ) -> tuple[list[tuple[Path, Path | None, tuple[float, float] | None]], list[str]]:
+    """``[(file, the folder input it was found under or None, a CSV row's spacing or None)]`` and the problems."""
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items or any(not str(i).strip() for i in items):
         raise ValueError("no input given: name a radiograph file, a folder of them or a CSV list")
-    found: list[tuple[Path, Path | None]] = []
+    found: list[tuple[Path, Path | None, tuple[float, float] | None]] = []
     problems: list[str] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
             for p in sorted(path.rglob("*")):
                 if p.is_file() and not p.name.startswith(".") and (_image_suffix(p) or _is_dicom(p)):
-                    found.append((p, path))
+                    found.append((p, path, None))
         elif path.is_file() and path.suffix.lower() == ".csv":
-            for p in _csv_paths(path):
+            listed, bad_rows = _csv_rows(path)
+            problems += bad_rows
+            for p, spacing in listed:
                 if p.is_file():
-                    found.append((p, None))
+                    found.append((p, None, spacing))
                 else:
                     problems.append(f"{p}: no such file (listed in {path})")
         elif path.is_file():
-            found.append((path, None))
+            found.append((path, None, None))
         else:
             problems.append(f"{path}: no such file or folder")
     seen: set[Path] = set()
     unique = []
-    for p, root in found:
+    for p, root, spacing in found:
         if p.resolve() not in seen:
             seen.add(p.resolve())
-            unique.append((p, root))
+            unique.append((p, root, spacing))
     return unique, problems
 
 
-def plan_outputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[tuple[Path, str]], list[str]]:
-    """Each radiograph with its output name (no suffix, ``/`` for mirrored sub-folders), and the problems.
+def plan_outputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]
+                 ) -> tuple[list[tuple[Path, str, tuple[float, float] | None]], list[str]]:
+    """Each radiograph with its output name (no suffix, ``/`` for mirrored sub-folders) and the pixel
+    spacing its CSV row gives (or None), and the problems.
 
     Files found under a folder input keep their path relative to it (so equal names in different
     sub-folders never collide and a re-run maps every file to the same outputs); other files use
@@ -150,7 +180,7 @@ def plan_outputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tup
     found, problems = _expand(inputs)
     used: set[str] = set()
     planned = []
-    for path, root in found:
+    for path, root, spacing in found:
         suffix = _image_suffix(path)
         rel = path.relative_to(root).as_posix() if root is not None else path.name
         stem = rel[: len(rel) - len(suffix)] if suffix else rel
@@ -159,7 +189,7 @@ def plan_outputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tup
             n += 1
             candidate = f"{stem}_{n}"
         used.add(candidate.lower())
-        planned.append((path, candidate))
+        planned.append((path, candidate, spacing))
     return planned, problems
 
 
@@ -169,8 +199,9 @@ def plan_outputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tup
 class _RadiographReader(Dataset):
     """Reads one radiograph per item; a failure is returned as a message, never raised."""
 
-    def __init__(self, files: Sequence[Path], spacing_mm: Any) -> None:
+    def __init__(self, files: Sequence[Path], spacing_mm: Any, per_file: Sequence[Any] | None = None) -> None:
         self.files, self.spacing_mm = list(files), spacing_mm
+        self.per_file = list(per_file) if per_file is not None else [None] * len(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -179,7 +210,8 @@ class _RadiographReader(Dataset):
         path = self.files[index]
         t0 = time.perf_counter()
         try:
-            image = read_radiograph(path, self.spacing_mm)
+            # a CSV row's own spacing is the more specific one
+            image = read_radiograph(path, self.per_file[index] or self.spacing_mm)
         except Exception as err:  # noqa: BLE001 — reported per file, the batch goes on
             return {"index": index, "error": _message(path, err)}
         return {"index": index, "image": image, "read_s": time.perf_counter() - t0}
@@ -282,7 +314,9 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
         formats: any of ``"json"``, ``"csv"``, ``"png"``, ``"mrk"`` (the per-radiograph JSON is
             written in any case: it marks a radiograph done and feeds the cohort CSV).
         spacing_mm: pixel spacing ``(row, col)`` or one number, for files without one (PNG);
-            when given it overrides every file's own spacing.
+            when given it overrides every file's own spacing. A CSV list may give each row its own
+            (a ``spacing_mm``/``spacing``/``pixel_spacing_mm`` column: one number in mm, or
+            ``"row col"``), which wins over this one; a row with a bad value fails with its reason.
         progress: a progress bar with ETA.
         overwrite: predict again radiographs whose outputs exist (default: skip them).
         workers: ``DataLoader`` worker processes reading radiographs ahead of the networks
@@ -306,8 +340,9 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
     predictions: list[dict[str, Any]] = []  # every radiograph's JSON content, done now or before
     results: list[dict[str, Any]] = []
     pending: list[tuple[Path, str, dict[str, Path]]] = []
+    row_spacings: list[tuple[float, float] | None] = []
     skipped = 0
-    for path, stem in planned:
+    for path, stem, row_spacing in planned:
         paths = _outputs_of(out, stem, formats)
         done = None if overwrite else _done_result(paths, path)
         if done is not None:
@@ -315,10 +350,12 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
             skipped += 1
         else:
             pending.append((path, stem, paths))
+            row_spacings.append(row_spacing)
 
     totals: dict[str, float] = {}
     started = time.perf_counter()
-    loader = DataLoader(_RadiographReader([p for p, _, _ in pending], spacing_mm), batch_size=None, shuffle=False,
+    loader = DataLoader(_RadiographReader([p for p, _, _ in pending], spacing_mm, row_spacings), batch_size=None,
+                        shuffle=False,
                         num_workers=workers, collate_fn=_keep, prefetch_factor=2 if workers else None,
                         worker_init_fn=_one_thread_reader if workers else None)
     bar = None

@@ -247,3 +247,32 @@ def test_mc_dropout_spread(cohort):
     assert result.to_dict()["knees"]["R"]["spread_mm"] is not None
     with pytest.raises(ValueError, match="mc_samples"):
         KneelPredictor(*default_model_dirs(), device="cpu", mc_samples=1)
+
+
+def test_csv_list_carries_a_spacing_per_file(cohort, tmp_path):
+    """JPEG/PNG exports have no spacing: a CSV row gives it; a garbage value fails that row only."""
+    root, truth = cohort
+    sample = truth[str(root / "bilateral_a.dcm")]
+    export = tmp_path / "export.png"
+    Image.fromarray(np.round(sample.image * 65535).astype(np.uint16)).save(export)
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,spacing_mm\n"
+                       f"{export},0.2\n"
+                       f"{root / 'site2' / 'bilateral_b.dcm'},\n"
+                       f"{root / 'right_only.dcm'},abc\n"
+                       f"{root / 'no_spacing.png'},-1\n")
+    code = main(["predict", str(listing), "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress",
+                 "--format", "json"])
+    assert code == 1
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["n_ok"] == 2 and summary["n_failed"] == 2
+    reasons = " | ".join(f["error"] for f in summary["failed"])
+    assert "bad pixel spacing 'abc'" in reasons and "line 4" in reasons and "bad pixel spacing '-1'" in reasons
+    result = json.loads((tmp_path / "o" / "export.json").read_text())
+    assert result["pixel_spacing_mm"] == [0.2, 0.2] and result["spacing_source"] == "user"
+    knee = result["knees"]["R"]
+    assert knee["present"]
+    errors = np.linalg.norm((np.asarray(knee["landmarks_px"]) - sample.knees["R"]["landmarks_px"]) * 0.2, axis=1)
+    assert np.median(errors) < 2.0  # the PNG at its CSV spacing is the DICOM's radiograph
+    dicom = json.loads((tmp_path / "o" / "bilateral_b.json").read_text())
+    assert dicom["spacing_source"] != "user"  # an empty cell leaves the file's own spacing
