@@ -245,6 +245,27 @@ def test_inference_writes_json_png_and_markups(tiny_models, dataset, tmp_path, m
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["n_ok"] == 1
 
 
+def test_inference_takes_a_csv_list_with_spacings(tiny_models, dataset, tmp_path):
+    """A JPEG export (grey stored as RGB, no spacing) listed with its spacing in a CSV, through the bundle."""
+    from PIL import Image
+
+    from kneel_monai.io import read_radiograph
+
+    image = read_radiograph(dataset / "images" / "r0.dcm")
+    grey = image[0].numpy()
+    grey = np.round(255 * (grey - grey.min()) / (grey.max() - grey.min())).astype(np.uint8)
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB").save(tmp_path / "export.jpg", quality=90)
+    spacing = float(image.affine[0, 0])
+    (tmp_path / "list.csv").write_text(f"file,spacing_mm\nexport.jpg,{spacing}\n")
+    wf = run(["inference"], "run", bundle_root=str(tmp_path), input_dir=str(tmp_path / "list.csv"),
+             output_dir=str(tmp_path / "out"), roi_model_dir=str(tiny_models / "roi"),
+             landmark_model_dir=str(tiny_models / "landmarks"), min_confidence=0.0, device="cpu")
+    summary = wf.parser.get_parsed_content("inference")
+    assert summary["n_ok"] == 1 and not summary["failed"]
+    prediction = json.loads((tmp_path / "out" / "export.json").read_text(encoding="utf-8"))
+    assert prediction["pixel_spacing_mm"] == [spacing, spacing] and prediction["spacing_source"] == "user"
+
+
 def test_ckpt_export_equals_eager(trained, tmp_path):
     root, _ = trained
     checkpoint = root / "runs" / "landmarks_cpu_fold0" / "best.pt"
