@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,10 @@ from .shape_plausibility import shape_distance
 from .transforms import CropRoi, LocalContrast, PercentileNormalise, ResampleToSpacing, SplitHalves, points_between, points_to_mm
 from .transforms.dictionary import SIDES
 
-__all__ = ["KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device",
+#: stage-2 starts tried around an implausible first answer: up and down the leg, then sideways (mm)
+DEFAULT_SEARCH_MM = ((0.0, -25.0), (0.0, 25.0), (0.0, -50.0), (0.0, 50.0), (-25.0, 0.0), (25.0, 0.0))
+
+__all__ = ["DEFAULT_SEARCH_MM", "KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device",
            "default_model_dirs", "resolve_model_dirs"]
 
 
@@ -152,12 +156,18 @@ class KneelPredictor:
             active give each landmark's spread in mm (``KneeResult.spread_mm``; epistemic
             uncertainty). 0 (default) skips them.
         quality: the thresholds of the per-knee quality flag.
+        search_mm: where else to start stage 2 when its first answer is not a knee's shape (shape
+            distance above ``quality.max_shape_distance``, e.g. stage 1 centred on the condyles or
+            the shaft of a real film): offsets ``(dx, dy)`` in mm from the stage-1 centre; each start
+            runs stage 2 and its refinement, and the most knee-like answer is kept. ``()`` turns it off.
     """
 
     def __init__(self, roi_model: KneelModel | str | os.PathLike, landmark_model: KneelModel | str | os.PathLike,
                  device: str = "auto", refine: bool = True, min_confidence: float = 0.05, fast: bool = True,
-                 ensemble: bool = True, mc_samples: int = 0, quality: QualityThresholds = QualityThresholds()) -> None:
+                 ensemble: bool = True, mc_samples: int = 0, quality: QualityThresholds = QualityThresholds(),
+                 search_mm: Sequence[tuple[float, float]] = DEFAULT_SEARCH_MM) -> None:
         self.device = resolve_device(device)
+        self.search_mm = [tuple(map(float, o)) for o in search_mm]
         folds = None if ensemble else [0]
         self.roi = roi_model if isinstance(roi_model, KneelModel) else load_model(roi_model, self.device, folds)
         self.landmarks = landmark_model if isinstance(landmark_model, KneelModel) else load_model(
@@ -213,18 +223,46 @@ class KneelPredictor:
                    for i, s in enumerate(SIDES)}
         return centres, {s: float(conf[i, 0]) for i, s in enumerate(SIDES)}
 
-    def _landmark_crops(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> list[MetaTensor]:
-        crops = [self._roi_crop(image, centres[s], mirror=s == "L") for s in centres]
+    def _landmark_crops(self, image: MetaTensor, centres: dict[str, np.ndarray] | list[tuple[str, np.ndarray]]
+                        ) -> list[MetaTensor]:
+        starts = list(centres.items()) if isinstance(centres, dict) else centres
+        crops = [self._roi_crop(image, c, mirror=s == "L") for s, c in starts]
         if self._local_contrast is not None:  # on the ROI, before padding, as in training
             crops = [self._local_contrast(c) for c in crops]
         return [self._pad_crop(c, self.landmarks) for c in crops]
 
-    def knee_landmarks(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Stage 2 around the given centres: ``{side: (landmarks (16, 2) original px, confidence (16,))}``."""
-        crops = self._landmark_crops(image, centres)
+    def _stage2(self, image: MetaTensor, starts: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Stage 2 for each ``(side, centre)`` in one batch: ``[(landmarks (16, 2) original px, confidence (16,))]``."""
+        crops = self._landmark_crops(image, starts)
         coords, conf = self._run(self._lm_nets, self.landmarks.network_input(crops, self.device))
         offset = self.landmarks.pixel_offset
-        return {s: (self._to_original(coords[i], crops[i], image, offset), conf[i]) for i, s in enumerate(centres)}
+        return [(self._to_original(coords[i], crops[i], image, offset), conf[i]) for i in range(len(starts))]
+
+    def knee_landmarks(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Stage 2 around the given centres: ``{side: (landmarks (16, 2) original px, confidence (16,))}``."""
+        return dict(zip(centres, self._stage2(image, list(centres.items()))))
+
+    def _search_implausible(self, image: MetaTensor, centres: dict[str, np.ndarray],
+                            found: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Knees whose landmarks are not a knee's shape: stage 2 (and refinement) from the other starts
+        of ``search_mm``, keeping the answer with the lowest shape distance (the first one on ties)."""
+        def distance(side: str, pts: np.ndarray) -> float:
+            return shape_distance(points_to_mm(pts, image.affine), side)
+
+        limit = self.quality.max_shape_distance
+        doubtful = [s for s in found if not distance(s, found[s][0]) <= limit]
+        if not doubtful:
+            return found
+        row_mm, col_mm = float(image.affine[0, 0]), float(image.affine[1, 1])
+        starts = [(s, centres[s] + np.array([dx / col_mm, dy / row_mm])) for s in doubtful for dx, dy in self.search_mm]
+        answers = self._stage2(image, starts)
+        if self.refine:
+            answers = self._stage2(image, [(s, pts[KNEE_CENTRE_ID]) for (s, _), (pts, _) in zip(starts, answers)])
+        best = dict(found)
+        for (side, _), answer in zip(starts, answers):
+            if distance(side, answer[0]) < distance(side, best[side][0]):
+                best[side] = answer
+        return best
 
     @torch.inference_mode()
     def landmark_spread(self, image: MetaTensor, centres: dict[str, np.ndarray], samples: int) -> dict[str, np.ndarray]:
@@ -264,6 +302,8 @@ class KneelPredictor:
         t3 = time.perf_counter()
         if self.refine:
             found = self.knee_landmarks(norm, {s: found[s][0][KNEE_CENTRE_ID] for s in found})
+        if self.search_mm:
+            found = self._search_implausible(norm, centres, found)
         t4 = time.perf_counter()
         spread = {}
         if self.mc_samples:
