@@ -302,9 +302,10 @@ class KneelPredictor:
         t3 = time.perf_counter()
         if self.refine:
             found = self.knee_landmarks(norm, {s: found[s][0][KNEE_CENTRE_ID] for s in found})
+        t4 = time.perf_counter()
         if self.search_mm:
             found = self._search_implausible(norm, centres, found)
-        t4 = time.perf_counter()
+        t4s = time.perf_counter()
         spread = {}
         if self.mc_samples:
             spread = self.landmark_spread(norm, {s: found[s][0][KNEE_CENTRE_ID] for s in found}, self.mc_samples)
@@ -333,8 +334,8 @@ class KneelPredictor:
         return RadiographResult(
             path=path or str(meta.get("filename_or_obj", "")), image_size=(int(h), int(w)), pixel_spacing_mm=spacing,
             spacing_source=str(meta.get("spacing_source", "")), knees=knees,
-            timings_s={"normalise": t1 - t0, "stage1": t2 - t1, "stage2": t3 - t2, "refine": t4 - t3,
-                       **({"mc_dropout": t5 - t4} if self.mc_samples else {})},
+            timings_s={"normalise": t1 - t0, "stage1": t2 - t1, "stage2": t3 - t2, "refine": t4 - t3, "search": t4s - t4,
+                       **({"mc_dropout": t5 - t4s} if self.mc_samples else {})},
         )
 
     def predict_file(self, path: str | os.PathLike, spacing_mm: float | tuple[float, float] | None = None
