@@ -28,7 +28,7 @@ import numpy as np
 from .atomic import atomic_write_text
 from .similarity import apply_similarity, fit_similarity
 
-__all__ = ["PlausibilityModel", "fit_plausibility_model", "load_plausibility_model", "shape_distance",
+__all__ = ["PlausibilityModel", "procrustes_mean", "fit_plausibility_model", "load_plausibility_model", "shape_distance",
            "right_oriented"]
 
 _FORMAT = "kneel-monai/shape-plausibility"
@@ -81,16 +81,26 @@ class PlausibilityModel:
         return atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
 
-def fit_plausibility_model(shapes: list[np.ndarray], sides: list[str], variance_kept: float = 0.95,
-                           source: str = "", iterations: int = 10) -> PlausibilityModel:
-    """Generalised Procrustes alignment (similarity) of annotated shapes, then PCA keeping ``variance_kept``."""
-    if len(shapes) < 10:
-        raise ValueError(f"need at least 10 shapes to fit a shape model, got {len(shapes)}")
+def procrustes_mean(shapes: list[np.ndarray], sides: list[str], iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised Procrustes analysis (similarity) of knee shapes in the right-knee orientation
+    (left knees mirrored first): ``(mean (16, 2) centred, unit size; the aligned shapes (N, 16, 2))``.
+    ``right_oriented(mean, side)`` gives the mean in a side's own orientation."""
+    if not len(shapes):
+        raise ValueError("no shapes to average")
     norm = [_normalised(right_oriented(s, side)) for s, side in zip(shapes, sides)]
     mean = norm[0]
     for _ in range(iterations):
         aligned = np.array([apply_similarity(fit_similarity(s, mean), s) for s in norm])
         mean = _normalised(aligned.mean(axis=0))
+    return mean, aligned
+
+
+def fit_plausibility_model(shapes: list[np.ndarray], sides: list[str], variance_kept: float = 0.95,
+                           source: str = "", iterations: int = 10) -> PlausibilityModel:
+    """Generalised Procrustes alignment (similarity) of annotated shapes, then PCA keeping ``variance_kept``."""
+    if len(shapes) < 10:
+        raise ValueError(f"need at least 10 shapes to fit a shape model, got {len(shapes)}")
+    mean, aligned = procrustes_mean(shapes, sides, iterations)
     flat = aligned.reshape(len(aligned), -1) - mean.ravel()
     _, sing, vt = np.linalg.svd(flat, full_matrices=False)
     var = sing ** 2 / (len(flat) - 1)

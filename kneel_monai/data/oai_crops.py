@@ -20,7 +20,6 @@ cut by a knee detector, so offset and scale differ per crop). Registration estim
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from .folds import patient_folds
 
 __all__ = ["ANNOTATION_SPACING_MM", "NOMINAL_CROP_SPACING_MM", "CropSetError", "CropRecord", "RegistrationLimits",
            "read_crop_reference", "approx_pose", "annotation_in_crop", "predict_crop", "predict_crops", "register_round",
-           "make_split", "read_split", "default_split_path", "crop_datalist_items", "mean_shape", "mean_shape_for",
+           "make_split", "read_split", "default_split_path", "crop_datalist_items",
            "pose_spacing_mm", "latest_poses", "build_crop_dataset",
            "REGISTRATION_FORMAT", "read_registration", "write_registration"]
 
@@ -299,34 +298,6 @@ def crop_datalist_items(records: list[CropRecord], poses: dict[str, np.ndarray],
             "kl": rec.kl, "fold": 0 if part == "validation" else 1, "source": "oai_crops", "key": rec.key,
         })
     return parts
-
-
-def mean_shape(shapes: list[np.ndarray], sides: list[str], iterations: int = 5) -> np.ndarray:
-    """Generalised Procrustes mean of knee shapes ``(16, 2)`` in the right-knee orientation (left
-    knees mirrored for the mean; :func:`mean_shape_for` turns it back for a side)."""
-    shapes = [_right_oriented(s, side) for s, side in zip(shapes, sides)]
-    if not shapes:
-        raise ValueError("no shapes to average")
-    mean = shapes[0] - shapes[0].mean(0)
-    for _ in range(iterations):
-        aligned = [apply_similarity(fit_similarity(s, mean), s) for s in shapes]
-        new = np.mean(aligned, axis=0)
-        new -= new.mean(0)
-        new *= math.sqrt((mean ** 2).sum() / (new ** 2).sum())
-        mean = new
-    return mean
-
-
-def _right_oriented(points: np.ndarray, side: str) -> np.ndarray:
-    """Left knees' points with x negated (a mirror), so every shape is in one orientation."""
-    p = np.asarray(points, dtype=np.float64).copy()
-    if side == "L":
-        p[:, 0] = -p[:, 0]
-    return p
-
-
-def mean_shape_for(mean: np.ndarray, side: str) -> np.ndarray:
-    return _right_oriented(mean, side)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,9 +25,10 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..data.datalists import read_datalist
-from ..data.oai_crops import mean_shape, mean_shape_for, predict_crop
+from ..data.oai_crops import predict_crop
 from ..io import read_radiograph
 from ..metrics import DEFAULT_RADII, plot_ced
+from ..shape_plausibility import procrustes_mean, right_oriented
 from ..similarity import aligned_residuals
 from .evaluation import _jsonable, _select, write_evaluation_report
 
@@ -85,7 +86,7 @@ def _errors(results: list[dict[str, Any]], mean: np.ndarray) -> dict[str, np.nda
         ref, pred, sp = r["reference_px"], r["pred_px"], r["spacing_mm"]
         reg.append(np.linalg.norm(pred - ref, axis=1) * sp)
         ali.append(aligned_residuals(pred, ref) * sp)
-        base.append(aligned_residuals(mean_shape_for(mean, r["side"]), ref) * sp)
+        base.append(aligned_residuals(right_oriented(mean, r["side"]), ref) * sp)
     return {"registered": np.array(reg), "aligned": np.array(ali), "mean_shape": np.array(base)}
 
 
@@ -105,7 +106,7 @@ def evaluate_crops(predictor: Any, datalist: str | os.PathLike, output_dir: str 
     shape_items = [i for i in read_datalist(shapes_path)["items"] if i.get("source") == "oai_crops"]
     if not shape_items:
         raise ValueError(f"{shapes_path}: no oai_crops items to build the mean-shape baseline from")
-    mean = mean_shape([np.asarray(i["landmarks_px"]) for i in shape_items], [i["side"] for i in shape_items])
+    mean, _ = procrustes_mean([np.asarray(i["landmarks_px"]) for i in shape_items], [i["side"] for i in shape_items])
     results = crop_predictions(predictor, items, progress)
     errors = _errors(results, mean)
     records = [{"image": r["image"], "side": r["side"], "subject_id": r["subject_id"],
@@ -119,7 +120,7 @@ def evaluate_crops(predictor: Any, datalist: str | os.PathLike, output_dir: str 
     for kind in KINDS:
         summary[kind] = {"all": pooled_summary(errors[kind]),
                          **{f"KL{g}": pooled_summary(errors[kind][kl == g]) for g in range(5) if (kl == g).any()}}
-    summary["release_test_subset"] = release.get("tables", {}).get("test", [{}])[0] if isinstance(release, dict) else {}
+    summary["release_test_subset"] = release["tables"]["test"][0]
     plot_ced({"registered": errors["registered"][:, list(TEST_IDS)].ravel(),
               "similarity-aligned": errors["aligned"][:, list(TEST_IDS)].ravel(),
               "mean shape, aligned": errors["mean_shape"][:, list(TEST_IDS)].ravel()},
