@@ -242,6 +242,16 @@ class KneelPredictor:
         """Stage 2 around the given centres: ``{side: (landmarks (16, 2) original px, confidence (16,))}``."""
         return dict(zip(centres, self._stage2(image, list(centres.items()))))
 
+    def refined_landmarks(self, image: MetaTensor, starts: list[tuple[str, np.ndarray]], refine: bool | None = None
+                          ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Stage 2 from each ``(side, centre)``, then (``refine``, default the predictor's) again around each
+        answer's landmark 4, all in batches: ``[(landmarks (16, 2) original px, confidence (16,))]``.
+        ``image`` is normalised (as :meth:`predict_image` does)."""
+        answers = self._stage2(image, starts)
+        if self.refine if refine is None else refine:
+            answers = self._stage2(image, [(s, pts[KNEE_CENTRE_ID]) for (s, _), (pts, _) in zip(starts, answers)])
+        return answers
+
     def _search_implausible(self, image: MetaTensor, centres: dict[str, np.ndarray],
                             found: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Knees whose landmarks are not a knee's shape: stage 2 (and refinement) from the other starts
@@ -249,20 +259,17 @@ class KneelPredictor:
         def distance(side: str, pts: np.ndarray) -> float:
             return shape_distance(points_to_mm(pts, image.affine), side)
 
-        limit = self.quality.max_shape_distance
-        doubtful = [s for s in found if not distance(s, found[s][0]) <= limit]
+        best = {s: (distance(s, pts), (pts, conf)) for s, (pts, conf) in found.items()}
+        doubtful = [s for s in found if not best[s][0] <= self.quality.max_shape_distance]
         if not doubtful:
             return found
         row_mm, col_mm = float(image.affine[0, 0]), float(image.affine[1, 1])
         starts = [(s, centres[s] + np.array([dx / col_mm, dy / row_mm])) for s in doubtful for dx, dy in self.search_mm]
-        answers = self._stage2(image, starts)
-        if self.refine:
-            answers = self._stage2(image, [(s, pts[KNEE_CENTRE_ID]) for (s, _), (pts, _) in zip(starts, answers)])
-        best = dict(found)
-        for (side, _), answer in zip(starts, answers):
-            if distance(side, answer[0]) < distance(side, best[side][0]):
-                best[side] = answer
-        return best
+        for (side, _), answer in zip(starts, self.refined_landmarks(image, starts)):
+            d = distance(side, answer[0])
+            if d < best[side][0]:
+                best[side] = (d, answer)
+        return {s: answer for s, (_, answer) in best.items()}
 
     @torch.inference_mode()
     def landmark_spread(self, image: MetaTensor, centres: dict[str, np.ndarray], samples: int) -> dict[str, np.ndarray]:

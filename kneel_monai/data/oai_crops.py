@@ -159,14 +159,10 @@ class RegistrationLimits:
 
 def predict_crop(predictor: Any, image: Any, side: str) -> tuple[np.ndarray, np.ndarray]:
     """Stage 2 on one knee crop as the pipeline runs it: around the image centre, then re-centred on
-    the predicted landmark 4. ``image``: a radiograph read with its spacing (``read_radiograph``).
-    Returns ``(landmarks (16, 2) image px, confidence (16,))``."""
-    from ..landmarks import KNEE_CENTRE_ID
-
-    norm = predictor._normalise(image)
-    h, w = norm.shape[-2:]
-    first = predictor.knee_landmarks(norm, {side: np.array([(w - 1) / 2, (h - 1) / 2])})[side][0]
-    return predictor.knee_landmarks(norm, {side: first[KNEE_CENTRE_ID]})[side]
+    the predicted landmark 4. ``image``: a crop read with its spacing and normalised (the predictor's
+    ``_normalise``). Returns ``(landmarks (16, 2) image px, confidence (16,))``."""
+    h, w = image.shape[-2:]
+    return predictor.refined_landmarks(image, [(side, np.array([(w - 1) / 2, (h - 1) / 2]))], refine=True)[0]
 
 
 def predict_crops(predictor: Any, records: list[CropRecord], spacing_mm: dict[str, float],
@@ -177,7 +173,8 @@ def predict_crops(predictor: Any, records: list[CropRecord], spacing_mm: dict[st
 
     from ..io import read_radiograph
 
-    return {rec.key: predict_crop(predictor, read_radiograph(rec.image, spacing_mm[rec.key]), rec.side)
+    return {rec.key: predict_crop(predictor, predictor._normalise(read_radiograph(rec.image, spacing_mm[rec.key])),
+                                  rec.side)
             for rec in tqdm(records, desc="predicting crops", unit="crop", disable=not progress)}
 
 

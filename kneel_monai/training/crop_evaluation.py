@@ -65,10 +65,10 @@ def crop_predictions(predictor: Any, items: list[dict[str, Any]], progress: bool
     for item in tqdm(items, desc="crops", unit="crop", disable=not progress):
         spacing = item.get("spacing_mm")
         image = read_radiograph(item["image"], spacing)
-        pred, conf = predict_crop(predictor, image, item["side"])
+        norm = predictor._normalise(image)
+        pred, conf = predict_crop(predictor, norm, item["side"])
         spread = None
         if getattr(predictor, "mc_samples", 0):
-            norm = predictor._normalise(image)
             spread = predictor.landmark_spread(norm, {item["side"]: pred[KNEE_CENTRE_ID]},
                                                predictor.mc_samples)[item["side"]]
         mm = points_to_mm(pred, image.affine)
