@@ -80,11 +80,10 @@ def _cmd_build_oai(ns: argparse.Namespace) -> int:
 
 
 def _cmd_build_oai_crops(ns: argparse.Namespace) -> int:
-    from .data.oai_crops import build_crop_dataset, read_crop_reference, read_registration
-    from .data.oai_crops_report import write_registration_report
+    from .data.oai_crops import build_crop_dataset
 
     summary = build_crop_dataset(ns.crops_dir, ns.out, model=ns.model, synthetic=ns.synthetic or [], split=ns.split,
-                                 device=ns.device, keep_failed=ns.keep_failed)
+                                 device=ns.device, keep_failed=ns.keep_failed, report=True)
     out = Path(ns.out)
     print(f"round {summary['round']}: {summary['crops']} crops — train {summary['train']}, validation "
           f"{summary['validation']}, test {summary['test']}; {summary['synthetic_knees']} synthetic knees")
@@ -95,8 +94,7 @@ def _cmd_build_oai_crops(ns: argparse.Namespace) -> int:
         print(f"  {len(summary['excluded'])} crops whose registration does not hold{kept}, e.g.:")
         for key, reason in list(summary["excluded"].items())[:5]:
             print(f"    {key}: {reason}")
-    records, _ = read_crop_reference(ns.crops_dir)
-    for path in write_registration_report(read_registration(out / "registration.json"), records, out, ns.split):
+    for path in summary["report"]:
         print(f"wrote {path}")
     print(f"wrote {out / 'landmark_datalist.json'}\nwrote {out / 'landmark_test_datalist.json'}")
     return 0

@@ -303,7 +303,7 @@ def crop_datalist_items(records: list[CropRecord], poses: dict[str, np.ndarray],
 def build_crop_dataset(crops_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str | os.PathLike | None = None,
                        synthetic: list[str | os.PathLike] = (), split: str | os.PathLike | None = None,
                        limits: RegistrationLimits = RegistrationLimits(), device: str = "cpu",
-                       keep_failed: bool = False, progress: bool = True) -> dict[str, Any]:
+                       keep_failed: bool = False, report: bool = False, progress: bool = True) -> dict[str, Any]:
     """Register the crop set one more round and write its datalists.
 
     * no ``out_dir/registration.json`` yet: round 0 is the set's constant mapping (every crop kept);
@@ -316,6 +316,8 @@ def build_crop_dataset(crops_dir: str | os.PathLike, out_dir: str | os.PathLike,
     ``keep_failed``: keep the crops whose fit failed in the datalists too — for an intermediate round,
     whose model is still learning (leaving its hard knees out would teach the next model only the
     easy ones); the final round's datalists must leave them out (the default).
+    ``report``: also write the registration's pictures and table (:mod:`.oai_crops_report`) into
+    ``out_dir``; their paths are the summary's ``"report"``.
 
     Returns a summary: crops per part, problems (records refused, with their keys), excluded crops.
     """
@@ -328,9 +330,10 @@ def build_crop_dataset(crops_dir: str | os.PathLike, out_dir: str | os.PathLike,
     reg_path = out / "registration.json"
     registration = read_registration(reg_path) if reg_path.is_file() else {"rounds": []}
     if not registration["rounds"]:
+        poses = {r.key: approx_pose(r) for r in records}
         registration["rounds"].append({"round": 0, "model": None, "crops": {
-            r.key: {"pose": np.round(approx_pose(r), 8).tolist(), "spacing_mm": round(pose_spacing_mm(approx_pose(r)), 5),
-                    "ok": True, "reason": ""} for r in records}})
+            k: {"pose": np.round(pose, 8).tolist(), "spacing_mm": round(pose_spacing_mm(pose), 5), "ok": True,
+                "reason": ""} for k, pose in poses.items()}})
     if model is not None:
         from ..inference import KneelPredictor, default_model_dirs
 
@@ -354,6 +357,12 @@ def build_crop_dataset(crops_dir: str | os.PathLike, out_dir: str | os.PathLike,
     write_datalist(out / "landmark_datalist.json", "landmarks", parts["train"] + parts["validation"] + synthetic_items)
     write_datalist(out / "landmark_test_datalist.json", "landmarks", parts["test"])
     excluded = {k: v["reason"] for k, v in latest.items() if not v["ok"]}
+    written = []
+    if report:
+        from .oai_crops_report import write_registration_report
+
+        written = write_registration_report(registration, records, out, split)
     return {"round": registration["rounds"][-1]["round"], "crops": len(records),
             "train": len(parts["train"]), "validation": len(parts["validation"]), "test": len(parts["test"]),
-            "synthetic_knees": len(synthetic_items), "refused": problems, "excluded": excluded}
+            "synthetic_knees": len(synthetic_items), "refused": problems, "excluded": excluded,
+            "report": [str(p) for p in written]}

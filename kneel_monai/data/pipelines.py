@@ -29,6 +29,7 @@ from ..io import LoadRadiographd
 from ..transforms import (
     CropRoid,
     FollowAffined,
+    LocalContrast,
     LocalContrastd,
     PercentileNormalised,
     RecordAffined,
@@ -151,9 +152,7 @@ def landmark_stage_transforms(train: bool, size_mm: float = 140.0, spacing_mm: f
     """
     roi = [CropRoid("image", centre_key="points", centre_id=4, size_mm=size_mm, spacing_mm=spacing_mm,
                     side_key="side", point_keys="points")]
-    if local_contrast:
-        if local_contrast.get("kind") != "clahe":
-            raise ValueError(f"unknown local contrast kind {local_contrast.get('kind')!r}; expected 'clahe'")
-        roi.append(LocalContrastd("image", float(local_contrast.get("tile_mm", 16.0)),
-                                  float(local_contrast.get("clip_limit", 0.01))))
+    equalise = LocalContrast.from_preprocessing(local_contrast)  # validates the spec, as inference does
+    if equalise is not None:
+        roi.append(LocalContrastd("image", equalise.tile_mm, equalise.clip_limit))
     return Compose(_head() + roi + _tail(train, pad, crop, cutout))
