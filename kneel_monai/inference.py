@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,11 @@ from .model_io import KneelModel, load_model
 from .networks import prepare_for_inference
 from .quality import QualityThresholds, assess_knee
 from .shape_plausibility import shape_distance
+from .detection import Candidate, ScanSettings, distinct_knees, grid_starts, orientation_at, zoomed
 from .transforms import CropRoi, LocalContrast, PercentileNormalise, ResampleToSpacing, SplitHalves, points_between, points_to_mm
 from .transforms.dictionary import SIDES
 
-#: stage-2 starts tried around an implausible first answer: up and down the leg, then sideways (mm)
-DEFAULT_SEARCH_MM = ((0.0, -25.0), (0.0, 25.0), (0.0, -50.0), (0.0, 50.0), (-25.0, 0.0), (25.0, 0.0))
-
-__all__ = ["DEFAULT_SEARCH_MM", "KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device",
+__all__ = ["KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device",
            "default_model_dirs", "resolve_model_dirs"]
 
 
@@ -62,6 +59,8 @@ class KneeResult:
     quality_reasons: list[str] = field(default_factory=list)
     spread_mm: np.ndarray | None = None  # (16,) MC-dropout spread (RMS distance to the mean), mm
     shape_distance: float | None = None  # how unlike annotated knees the 16 points are (shape_plausibility)
+    side_source: str = ""  # how the side was decided (kneel_monai.detection.SIDE_SOURCES)
+    roi_zoom: float | None = None  # the ROI zoom whose answer was kept (1: the image's spacing as read)
 
     def to_dict(self) -> dict[str, Any]:
         def lst(a):
@@ -73,7 +72,8 @@ class KneeResult:
                 "measurements": {k: round(float(v), 4) for k, v in self.measurements.items()},
                 "quality": self.quality, "quality_reasons": list(self.quality_reasons),
                 "spread_mm": lst(self.spread_mm),
-                "shape_distance": None if self.shape_distance is None else round(float(self.shape_distance), 3)}
+                "shape_distance": None if self.shape_distance is None else round(float(self.shape_distance), 3),
+                "side_source": self.side_source, "roi_zoom": self.roi_zoom}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> KneeResult:
@@ -86,7 +86,8 @@ class KneeResult:
                    centre_px=arr(d.get("centre_px")), reason=d.get("reason", ""),
                    measurements=dict(d.get("measurements") or {}), quality=d.get("quality", ""),
                    quality_reasons=list(d.get("quality_reasons") or []), spread_mm=arr(d.get("spread_mm")),
-                   shape_distance=d.get("shape_distance"))
+                   shape_distance=d.get("shape_distance"), side_source=d.get("side_source", ""),
+                   roi_zoom=d.get("roi_zoom"))
 
 
 @dataclass
@@ -97,11 +98,14 @@ class RadiographResult:
     spacing_source: str
     knees: dict[str, KneeResult]
     timings_s: dict[str, float] = field(default_factory=dict)
+    view: dict[str, Any] = field(default_factory=dict)  # {"verdict": "ap_knee" | "no_ap_knee", "knees", "reason"}
+    detection: dict[str, Any] = field(default_factory=dict)  # how the knees were looked for
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "kneel-monai/prediction", "format_version": 1, "image": self.path,
                 "image_size": list(self.image_size), "pixel_spacing_mm": list(self.pixel_spacing_mm),
                 "spacing_source": self.spacing_source, "knees": {s: k.to_dict() for s, k in self.knees.items()},
+                "view": dict(self.view), "detection": dict(self.detection),
                 "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
 
     @classmethod
@@ -112,7 +116,8 @@ class RadiographResult:
         return cls(path=d["image"], image_size=tuple(d["image_size"]), pixel_spacing_mm=tuple(d["pixel_spacing_mm"]),
                    spacing_source=d.get("spacing_source", ""),
                    knees={s: KneeResult.from_dict(k) for s, k in d["knees"].items()},
-                   timings_s=dict(d.get("timings_s") or {}))
+                   timings_s=dict(d.get("timings_s") or {}), view=dict(d.get("view") or {}),
+                   detection=dict(d.get("detection") or {}))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -148,7 +153,10 @@ class KneelPredictor:
         roi_model, landmark_model: :class:`KneelModel` or model directories.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         refine: re-centre each ROI on the predicted landmark 4 and run stage 2 again (SPEC §2.5).
-        min_confidence: a knee whose mean landmark confidence is below this is reported absent.
+        min_confidence: a knee whose mean landmark confidence is below this is reported absent. The
+            default 0.25 sits well below every real knee of the OAI crop set's validation part
+            (lowest 0.41) so that knees imaged unlike OAI's still count; the shape limit
+            (``scan.knee_shape_limit``) does most of the refusing.
         fast: fold conv-BN and use channels-last (exact; see ``prepare_for_inference``).
         ensemble: average every fold network of each model directory (SPEC §2.7); ``False`` uses
             the first fold only (faster; the same for single-fold models such as the shipped ones).
@@ -156,18 +164,16 @@ class KneelPredictor:
             active give each landmark's spread in mm (``KneeResult.spread_mm``; epistemic
             uncertainty). 0 (default) skips them.
         quality: the thresholds of the per-knee quality flag.
-        search_mm: where else to start stage 2 when its first answer is not a knee's shape (shape
-            distance above ``quality.max_shape_distance``, e.g. stage 1 centred on the condyles or
-            the shaft of a real film): offsets ``(dx, dy)`` in mm from the stage-1 centre; each start
-            runs stage 2 and its refinement, and the most knee-like answer is kept. ``()`` turns it off.
+        scan: which answers are believed to be knees, and how the image is scanned when stage 1's
+            proposals do not give two (:class:`~kneel_monai.detection.ScanSettings`).
     """
 
     def __init__(self, roi_model: KneelModel | str | os.PathLike, landmark_model: KneelModel | str | os.PathLike,
-                 device: str = "auto", refine: bool = True, min_confidence: float = 0.05, fast: bool = True,
+                 device: str = "auto", refine: bool = True, min_confidence: float = 0.25, fast: bool = True,
                  ensemble: bool = True, mc_samples: int = 0, quality: QualityThresholds = QualityThresholds(),
-                 search_mm: Sequence[tuple[float, float]] = DEFAULT_SEARCH_MM) -> None:
+                 scan: ScanSettings = ScanSettings()) -> None:
         self.device = resolve_device(device)
-        self.search_mm = [tuple(map(float, o)) for o in search_mm]
+        self.scan = scan
         folds = None if ensemble else [0]
         self.roi = roi_model if isinstance(roi_model, KneelModel) else load_model(roi_model, self.device, folds)
         self.landmarks = landmark_model if isinstance(landmark_model, KneelModel) else load_model(
@@ -252,25 +258,6 @@ class KneelPredictor:
             answers = self._stage2(image, [(s, pts[KNEE_CENTRE_ID]) for (s, _), (pts, _) in zip(starts, answers)])
         return answers
 
-    def _search_implausible(self, image: MetaTensor, centres: dict[str, np.ndarray],
-                            found: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Knees whose landmarks are not a knee's shape: stage 2 (and refinement) from the other starts
-        of ``search_mm``, keeping the answer with the lowest shape distance (the first one on ties)."""
-        def distance(side: str, pts: np.ndarray) -> float:
-            return shape_distance(points_to_mm(pts, image.affine), side)
-
-        best = {s: (distance(s, pts), (pts, conf)) for s, (pts, conf) in found.items()}
-        doubtful = [s for s in found if not best[s][0] <= self.quality.max_shape_distance]
-        if not doubtful:
-            return found
-        row_mm, col_mm = float(image.affine[0, 0]), float(image.affine[1, 1])
-        starts = [(s, centres[s] + np.array([dx / col_mm, dy / row_mm])) for s in doubtful for dx, dy in self.search_mm]
-        for (side, _), answer in zip(starts, self.refined_landmarks(image, starts)):
-            d = distance(side, answer[0])
-            if d < best[side][0]:
-                best[side] = (d, answer)
-        return {s: answer for s, (_, answer) in best.items()}
-
     @torch.inference_mode()
     def landmark_spread(self, image: MetaTensor, centres: dict[str, np.ndarray], samples: int) -> dict[str, np.ndarray]:
         """MC-dropout: ``samples`` stage-2 passes with dropout on → per-landmark spread in mm ``{side: (16,)}``.
@@ -298,59 +285,174 @@ class KneelPredictor:
         rms = np.sqrt(((pts - pts.mean(0)) ** 2).sum(-1).mean(0))  # (knees, 16)
         return {s: rms[i] for i, s in enumerate(centres)}
 
-    def predict_image(self, image: MetaTensor, path: str = "") -> RadiographResult:
-        """Both knees of a radiograph already read (``read_radiograph``)."""
+    # ---- detection (see kneel_monai.detection)
+    def working_image(self, norm: MetaTensor) -> MetaTensor:
+        """The normalised radiograph stage 2 reads: shrunk with anti-aliasing to the landmark model's
+        spacing when its pixels are much finer (a 0.1 mm film read straight at 0.6 mm would alias its
+        noise into the ROI), else as it is. Its affine is exact, so points map back to the original."""
+        target = float(self.landmarks.preprocessing["spacing_mm"])
+        if min(float(torch.linalg.norm(norm.affine[:2, 0])), float(torch.linalg.norm(norm.affine[:2, 1]))) \
+                < target / 1.25:
+            return ResampleToSpacing(target)(norm)
+        return norm
+
+    def _candidates(self, work: MetaTensor, starts: list[tuple[str, np.ndarray, float]], source: str,
+                    refine: bool | None = None) -> list[Candidate]:
+        """Stage 2 (and refinement) from ``(orientation, centre px, zoom)`` starts, one batch per zoom."""
+        out: list[Candidate | None] = [None] * len(starts)
+        for zoom in sorted({z for _, _, z in starts}):
+            index = [i for i, (_, _, z) in enumerate(starts) if z == zoom]
+            answers = self.refined_landmarks(zoomed(work, zoom), [starts[i][:2] for i in index], refine)
+            for i, (pts, conf) in zip(index, answers):
+                side = starts[i][0]
+                out[i] = Candidate(side, pts, conf, shape_distance(points_to_mm(pts, work.affine), side), zoom, source)
+        return out  # type: ignore[return-value]
+
+    def _believed(self, c: Candidate, work: MetaTensor) -> bool:
+        h, w = work.shape[-2:]
+        pts = c.landmarks_px
+        inside = bool((pts[:, 0] > -0.5).all() and (pts[:, 0] < w - 0.5).all() and (pts[:, 1] > -0.5).all()
+                      and (pts[:, 1] < h - 0.5).all())
+        limit = self.scan.knee_shape_limit
+        return inside and c.mean_confidence >= self.min_confidence and (limit is None or c.shape_distance <= limit)
+
+    def _scan(self, work: MetaTensor) -> tuple[list[Candidate], int]:
+        """Stage 2 from a grid at every zoom (orientation by image half), the ``keep`` most knee-like
+        distinct answers refined. Returns the refined answers and how many starts were tried."""
+        w = work.shape[-1]
+        starts = [(orientation_at(c[0], w), c, zoom) for zoom in self.scan.zooms
+                  for c in grid_starts(zoomed(work, zoom), self.scan.stride_mm)]
+        first = self._candidates(work, starts, "scan", refine=False)
+        mm = float(torch.linalg.norm(work.affine[:2, 1]))
+        best: list[Candidate] = []  # the most knee-like, one per (orientation, zoom) and place
+        for c in sorted(first, key=lambda c: c.shape_distance):
+            if len(best) == self.scan.keep or not np.isfinite(c.shape_distance):
+                break
+            if not any(k.orientation == c.orientation and k.zoom == c.zoom and
+                       np.linalg.norm(k.centre - c.centre) * mm < 20.0 for k in best):
+                best.append(c)
+        if not best or not (self.refine):
+            return best, len(starts)
+        again = self._candidates(work, [(c.orientation, c.centre, c.zoom) for c in best], "scan", refine=False)
+        # re-centring helps most knees; where it makes the shape worse, the first answer stays
+        return [r if r.shape_distance <= c.shape_distance else c for c, r in zip(best, again)], len(starts)
+
+    def detect_knees(self, norm: MetaTensor, work: MetaTensor | None = None, single_knee_side: str | None = None
+                     ) -> tuple[dict[str, Candidate], dict[str, str], dict[str, Any]]:
+        """The knees of a normalised radiograph: ``({side: Candidate}, {side: side_source}, detection info)``.
+        Points are pixels of ``work`` (``working_image(norm)`` by default)."""
+        work = self.working_image(norm) if work is None else work
+        centres, _ = self.knee_centres(norm)
+        starts = [(s, points_between(centres[s][None], norm.affine, work.affine)[0], 1.0) for s in SIDES]
+        candidates = self._candidates(work, starts, "stage1")
+        mm = float(torch.linalg.norm(work.affine[:2, 1]))
+        believed = distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
+        info: dict[str, Any] = {"scanned": False, "scan_starts": 0}
+        if len(believed) < 2 and self.scan.scan:
+            scanned, n = self._scan(work)
+            candidates += scanned
+            info.update(scanned=True, scan_starts=n)
+            believed = distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
+        believed = sorted(believed[:2], key=lambda c: c.centre[0])  # image left first
+        info["best_shape_distance"] = min((c.shape_distance for c in candidates), default=float("inf"))
+        if len(believed) == 2:
+            knees, sources = dict(zip(SIDES, believed)), {s: "image_position" for s in SIDES}
+        elif len(believed) == 1:
+            side, source, knee = self._single_knee_side(work, believed[0], norm.meta.get("laterality"), single_knee_side)
+            knees, sources = {side: knee}, {side: source}
+        else:
+            knees, sources = {}, {}
+        # a knee seen in the other orientation than its side is run again as that side's knee
+        redo = [(s, k.centre, k.zoom) for s, k in knees.items() if k.orientation != s]
+        for (s, _, _), again in zip(redo, self._candidates(work, redo, "side")):
+            knees[s] = again
+        return knees, sources, info
+
+    def _single_knee_side(self, work: MetaTensor, knee: Candidate, laterality: Any, user_side: str | None
+                          ) -> tuple[str, str, Candidate]:
+        """``(side, side_source, answer in that side's orientation)`` for the only knee of an image."""
+        both = self._candidates(work, [(s, knee.centre, knee.zoom) for s in SIDES], "side")
+        by_side = dict(zip(SIDES, both))
+        tag = str(laterality or "").strip().upper()
+        if tag in SIDES:
+            return tag, "dicom_laterality", by_side[tag]
+        anatomy = min(SIDES, key=lambda s: by_side[s].shape_distance)
+        if abs(by_side["R"].shape_distance - by_side["L"].shape_distance) >= self.scan.side_margin:
+            return anatomy, "anatomy", by_side[anatomy]
+        if user_side is not None:
+            return user_side, "user", by_side[user_side]
+        return anatomy, "anatomy_uncertain", by_side[anatomy]
+
+    def predict_image(self, image: MetaTensor, path: str = "", single_knee_side: str | None = None) -> RadiographResult:
+        """The knees of a radiograph already read (``read_radiograph``).
+
+        ``single_knee_side`` (``"R"``/``"L"``): the side of a lone knee when neither its DICOM
+        laterality nor its anatomy decides (see :mod:`kneel_monai.detection`).
+        """
+        if single_knee_side not in (None, *SIDES):
+            raise ValueError(f"single_knee_side must be 'R', 'L' or None, got {single_knee_side!r}")
         t0 = time.perf_counter()
         norm = self._normalise(image)
+        work = self.working_image(norm)
         t1 = time.perf_counter()
-        centres, centre_conf = self.knee_centres(norm)
+        found, sources, info = self.detect_knees(norm, work, single_knee_side)
         t2 = time.perf_counter()
-        found = self.knee_landmarks(norm, centres)
-        t3 = time.perf_counter()
-        if self.refine:
-            found = self.knee_landmarks(norm, {s: found[s][0][KNEE_CENTRE_ID] for s in found})
-        t4 = time.perf_counter()
-        if self.search_mm:
-            found = self._search_implausible(norm, centres, found)
-        t4s = time.perf_counter()
-        spread = {}
+        spread: dict[str, np.ndarray] = {}
         if self.mc_samples:
-            spread = self.landmark_spread(norm, {s: found[s][0][KNEE_CENTRE_ID] for s in found}, self.mc_samples)
-        t5 = time.perf_counter()
+            for side, k in found.items():
+                spread.update(self.landmark_spread(zoomed(work, k.zoom), {side: k.centre}, self.mc_samples))
+        t3 = time.perf_counter()
         h, w = image.shape[-2:]
         knees = {}
+        limit = self.scan.knee_shape_limit
         for side in SIDES:
-            pts, conf = found[side]
-            inside = (pts[:, 0] > -0.5).all() and (pts[:, 0] < w - 0.5).all() and (pts[:, 1] > -0.5).all() \
-                and (pts[:, 1] < h - 0.5).all()
-            mean_conf = float(np.mean(conf))
-            if mean_conf < self.min_confidence or not inside:
-                reason = (f"mean landmark confidence {mean_conf:.3f} < {self.min_confidence}" if inside
-                          else "predicted landmarks fall outside the image")
-                knees[side] = KneeResult(side, False, centre_px=centres[side], reason=f"no knee found ({reason})")
+            k = found.get(side)
+            if k is None:
+                if found:
+                    why = "one knee in the image" if len(found) == 1 else "not found"
+                    reason = f"no knee found on this side ({why})"
+                else:
+                    best = info["best_shape_distance"]
+                    reason = ("no knee found: no answer with a knee's shape anywhere in the image (most knee-like: "
+                              f"shape distance {best:.1f} > {limit}; not an AP knee view, or a knee unlike those "
+                              "the model learnt)" if limit is not None and np.isfinite(best) else
+                              f"no knee found (mean landmark confidence < {self.min_confidence} or landmarks outside "
+                              "the image)")
+                knees[side] = KneeResult(side, False, reason=reason, side_source="")
                 continue
+            pts = points_between(k.landmarks_px, work.affine, image.affine)
             mm = points_to_mm(pts, image.affine)
             measured = knee_measurements(mm)
-            distance = shape_distance(mm, side)
-            quality, reasons = assess_knee(conf, measured, spread.get(side), self.quality, distance)
-            knees[side] = KneeResult(side, True, pts, mm, conf, centres[side], measurements=measured, quality=quality,
-                                     quality_reasons=reasons, spread_mm=spread.get(side), shape_distance=distance)
+            quality, reasons = assess_knee(k.confidence, measured, spread.get(side), self.quality, k.shape_distance)
+            if sources[side] == "anatomy_uncertain":
+                quality, reasons = "check", reasons + ["side uncertain: the anatomy does not clearly say left or right; "
+                                                       "give the side (single_knee_side) or check it"]
+            knees[side] = KneeResult(side, True, pts, mm, k.confidence, pts[KNEE_CENTRE_ID].copy(),
+                                     measurements=measured, quality=quality, quality_reasons=reasons,
+                                     spread_mm=spread.get(side), shape_distance=k.shape_distance,
+                                     side_source=sources[side], roi_zoom=k.zoom)
+        n = sum(k.present for k in knees.values())
+        view = ({"verdict": "ap_knee", "knees": n, "reason": ""} if n else
+                {"verdict": "no_ap_knee", "knees": 0,
+                 "reason": "no knee-shaped set of landmarks anywhere in the image (lateral view, foot, long-leg "
+                           "film, no knee, or a knee the model does not recognise)"})
         meta = image.meta
         spacing = tuple(float(v) for v in meta.get("pixel_spacing_mm", (float(image.affine[0, 0]),
                                                                          float(image.affine[1, 1]))))
+        detection = {"scanned": bool(info["scanned"]), "scan_starts": int(info["scan_starts"]),
+                     "knee_shape_limit": limit, "min_confidence": self.min_confidence}
         return RadiographResult(
             path=path or str(meta.get("filename_or_obj", "")), image_size=(int(h), int(w)), pixel_spacing_mm=spacing,
-            spacing_source=str(meta.get("spacing_source", "")), knees=knees,
-            timings_s={"normalise": t1 - t0, "stage1": t2 - t1, "stage2": t3 - t2, "refine": t4 - t3, "search": t4s - t4,
-                       **({"mc_dropout": t5 - t4s} if self.mc_samples else {})},
+            spacing_source=str(meta.get("spacing_source", "")), knees=knees, view=view, detection=detection,
+            timings_s={"normalise": t1 - t0, "detect": t2 - t1, **({"mc_dropout": t3 - t2} if self.mc_samples else {})},
         )
 
-    def predict_file(self, path: str | os.PathLike, spacing_mm: float | tuple[float, float] | None = None
-                     ) -> RadiographResult:
+    def predict_file(self, path: str | os.PathLike, spacing_mm: float | tuple[float, float] | None = None,
+                     single_knee_side: str | None = None) -> RadiographResult:
         t0 = time.perf_counter()
         image = read_radiograph(path, spacing_mm)
         read_s = time.perf_counter() - t0
-        result = self.predict_image(image, str(path))
+        result = self.predict_image(image, str(path), single_knee_side)
         result.timings_s = {"read": read_s, **result.timings_s}
         return result
 

@@ -1,0 +1,132 @@
+"""Which knees a radiograph holds: candidates verified by the shape of their 16 landmarks.
+
+Stage 1's ROI network proposes one knee centre per image half; on real films (other positioning,
+processing, zoom, one knee only) it is often wrong. So a proposal is only believed when stage 2,
+started there, returns 16 points with a knee's shape (:mod:`kneel_monai.shape_plausibility`, fitted
+on annotated real knees) and enough heat-map confidence. When the proposals do not give two such
+knees, a **scan** starts stage 2 on a grid over the whole image at a few ROI zooms (a knee larger or
+smaller than expected, e.g. a JPEG with a guessed spacing), keeps the most knee-like answers,
+refines them, and merges answers on the same knee. A lateral view, a foot or a long-leg film gives
+no knee-shaped answer anywhere and so no knee.
+
+Sides: two knees are the patient's right (image left, radiological convention) and left. A single
+knee's side comes from the DICOM laterality tag when it says R or L, else from the anatomy — the
+landmark model runs on the knee as a right knee and mirrored as a left one, and the orientation
+whose 16 points are clearly more knee-like wins (the fibula and the plateau shapes are lateral or
+medial) — else from the user's ``single_knee_side``; the result records which.
+
+Everything here works in one pixel frame (the image stage 2 reads, see ``KneelPredictor``); the
+zoom only changes how many millimetres the network believes a pixel is, never a pixel position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from .landmarks import KNEE_CENTRE_ID
+
+__all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "orientation_at", "distinct_knees",
+           "SIDE_SOURCES"]
+
+#: how a knee's side was decided (``KneeResult.side_source``)
+SIDE_SOURCES = ("image_position", "dicom_laterality", "anatomy", "user", "anatomy_uncertain")
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """How knees are looked for and believed.
+
+    Attributes:
+        knee_shape_limit: a knee is reported present only when its shape distance is at most this.
+            Annotated real knees lie below about 5 (the quality flag's limit); on the development
+            films no lateral view, foot or long-leg film gave any answer below 6 over ~1,500 starts.
+        scan: look over the whole image when the stage-1 proposals do not give two knees.
+        stride_mm: grid step of the scan (stage 2 pulls a start from about 50 mm onto a knee).
+        zooms: ROI zooms tried by the scan (1 = the image's spacing as read).
+        keep: how many of the scan's most knee-like answers are refined.
+        same_knee_mm: answers whose knee centres (landmark 4) are closer than this are one knee.
+        side_margin: a single knee's side is decided by the anatomy when the two orientations'
+            shape distances differ by at least this.
+    """
+
+    knee_shape_limit: float | None = 6.0
+    scan: bool = True
+    stride_mm: float = 70.0
+    zooms: tuple[float, ...] = (0.75, 1.0, 1.35)
+    keep: int = 6
+    same_knee_mm: float = 60.0
+    side_margin: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.knee_shape_limit is not None and not self.knee_shape_limit > 0:
+            raise ValueError(f"knee_shape_limit must be > 0 or None, got {self.knee_shape_limit}")
+        if not (self.stride_mm > 0 and self.same_knee_mm > 0 and self.keep >= 1 and self.side_margin >= 0):
+            raise ValueError("stride_mm and same_knee_mm must be > 0, keep >= 1, side_margin >= 0")
+        if not self.zooms or not all(z > 0 for z in self.zooms):
+            raise ValueError(f"zooms must be a non-empty list of positive numbers, got {self.zooms}")
+
+
+@dataclass
+class Candidate:
+    """One stage-2 answer: 16 points (pixels of the working image) of a knee seen in ``orientation``."""
+
+    orientation: str  # "R": as the network sees right knees; "L": mirrored first
+    landmarks_px: np.ndarray
+    confidence: np.ndarray
+    shape_distance: float
+    zoom: float = 1.0
+    source: str = "stage1"  # "stage1" | "scan" | "side"
+
+    @property
+    def centre(self) -> np.ndarray:
+        return self.landmarks_px[KNEE_CENTRE_ID]
+
+    @property
+    def mean_confidence(self) -> float:
+        return float(np.mean(self.confidence))
+
+
+def zoomed(image: MetaTensor, zoom: float) -> MetaTensor:
+    """The same pixels with every millimetre ``zoom`` times larger (spacing × zoom): an ROI of a
+    fixed size in mm then covers ``1/zoom`` as much of the image. Pixel positions are unchanged."""
+    if zoom == 1.0:
+        return image
+    affine = torch.as_tensor(image.affine, dtype=torch.float64).clone()
+    affine[:2] *= zoom
+    return MetaTensor(image.as_tensor(), affine=affine, meta={k: v for k, v in image.meta.items() if k != "affine"})
+
+
+def grid_starts(image: MetaTensor, stride_mm: float) -> list[np.ndarray]:
+    """``(x, y)`` pixel centres of a grid with ``stride_mm`` steps covering the image (centred margins)."""
+    h, w = image.shape[-2:]
+    affine = torch.as_tensor(image.affine, dtype=torch.float64)
+    row_mm, col_mm = float(torch.linalg.norm(affine[:2, 0])), float(torch.linalg.norm(affine[:2, 1]))
+
+    def axis(n_px: int, mm: float) -> np.ndarray:
+        extent = n_px * mm
+        count = max(1, int(np.ceil(extent / stride_mm - 0.25)))
+        return ((np.arange(count) + 0.5) * extent / count) / mm - 0.5
+
+    return [np.array([x, y]) for y in axis(h, row_mm) for x in axis(w, col_mm)]
+
+
+def orientation_at(x: float, width: int) -> str:
+    """The orientation to try first at column ``x``: the image's left half holds right knees."""
+    return "R" if x < (width - 1) / 2 else "L"
+
+
+def distinct_knees(candidates: Sequence[Candidate], mm_per_px: float, same_knee_mm: float) -> list[Candidate]:
+    """The most knee-like answer per knee: best (lowest shape distance) first, later answers whose
+    centre lies within ``same_knee_mm`` of a kept one dropped."""
+    kept: list[Candidate] = []
+    for c in sorted(candidates, key=lambda c: (c.shape_distance, -c.mean_confidence)):
+        if not np.isfinite(c.shape_distance):
+            continue
+        if all(np.linalg.norm(c.centre - k.centre) * mm_per_px >= same_knee_mm for k in kept):
+            kept.append(c)
+    return kept
