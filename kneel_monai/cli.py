@@ -137,7 +137,8 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     roi_dir, landmark_dir = resolve_model_dirs(ns.model, ns.roi_model)
     try:
         predictor = KneelPredictor(roi_dir, landmark_dir, device=ns.device, refine=not ns.no_refine,
-                                   min_confidence=ns.min_confidence, ensemble=ns.ensemble, mc_samples=ns.mc_dropout)
+                                   min_confidence=ns.min_confidence, ensemble=ns.ensemble, mc_samples=ns.mc_dropout,
+                                   single_knee_side=ns.single_knee_side)
     except RuntimeError as err:  # e.g. --device cuda without a GPU
         raise CommandError(str(err)) from None
     print(f"models: {roi_dir} + {landmark_dir} on {predictor.device}; refinement "
@@ -220,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated outputs among json,csv,png,mrk (default all; the JSON is always written)")
     pred.add_argument("--spacing", type=float, nargs="+", metavar="MM",
                       help="pixel spacing (one value, or row col) for files without one, e.g. PNG; overrides files'")
-    pred.add_argument("--min-confidence", type=float, default=0.05,
-                      help="a knee whose mean landmark confidence is below this is reported absent (default 0.05)")
+    pred.add_argument("--min-confidence", type=float, default=0.25,
+                      help="a knee whose mean landmark confidence is below this is reported absent (default 0.25)")
+    pred.add_argument("--single-knee-side", choices=("R", "L"),
+                      help="side of a lone knee when neither its DICOM laterality nor its anatomy decides "
+                      "(default: the anatomy's guess, flagged check)")
     pred.add_argument("--workers", type=int, default=None,
                       help="reader processes ahead of the networks (default: 0 on a machine with 2 cores or fewer, "
                       "where a reader only competes with the networks; else 2)")

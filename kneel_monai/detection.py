@@ -12,8 +12,9 @@ no knee-shaped answer anywhere and so no knee.
 Sides: two knees are the patient's right (image left, radiological convention) and left. A single
 knee's side comes from the DICOM laterality tag when it says R or L, else from the anatomy — the
 landmark model runs on the knee as a right knee and mirrored as a left one, and the orientation
-whose 16 points are clearly more knee-like wins (the fibula and the plateau shapes are lateral or
-medial) — else from the user's ``single_knee_side``; the result records which.
+whose landmarks the network is clearly surer of (higher mean heat-map confidence) wins: it learnt
+right knees, so a left knee seen unmirrored — fibula and plateau shapes on the wrong side — gives
+flatter heat-maps — else from the user's ``single_knee_side``; the result records which.
 
 Everything here works in one pixel frame (the image stage 2 reads, see ``KneelPredictor``); the
 zoom only changes how many millimetres the network believes a pixel is, never a pixel position.
@@ -50,8 +51,10 @@ class ScanSettings:
         zooms: ROI zooms tried by the scan (1 = the image's spacing as read).
         keep: how many of the scan's most knee-like answers are refined.
         same_knee_mm: answers whose knee centres (landmark 4) are closer than this are one knee.
-        side_margin: a single knee's side is decided by the anatomy when the two orientations'
-            shape distances differ by at least this.
+        side_margin: a single knee's side is decided by the anatomy when the two orientations' mean
+            landmark confidences differ by at least this. Chosen on the real OAI crops' validation
+            part (102 knees: 78 % decided, all correctly); on the test part (101 knees) 80 % are
+            decided, all correctly, and the higher confidence alone is right for 99 %.
     """
 
     knee_shape_limit: float | None = 6.0
@@ -60,7 +63,7 @@ class ScanSettings:
     zooms: tuple[float, ...] = (0.75, 1.0, 1.35)
     keep: int = 6
     same_knee_mm: float = 60.0
-    side_margin: float = 1.0
+    side_margin: float = 0.02
 
     def __post_init__(self) -> None:
         if self.knee_shape_limit is not None and not self.knee_shape_limit > 0:

@@ -166,14 +166,18 @@ class KneelPredictor:
         quality: the thresholds of the per-knee quality flag.
         scan: which answers are believed to be knees, and how the image is scanned when stage 1's
             proposals do not give two (:class:`~kneel_monai.detection.ScanSettings`).
+        single_knee_side: ``"R"``/``"L"``: the side of a lone knee when neither its DICOM laterality
+            nor its anatomy decides; ``None`` leaves it to the anatomy (flagged ``check``).
     """
 
     def __init__(self, roi_model: KneelModel | str | os.PathLike, landmark_model: KneelModel | str | os.PathLike,
                  device: str = "auto", refine: bool = True, min_confidence: float = 0.25, fast: bool = True,
                  ensemble: bool = True, mc_samples: int = 0, quality: QualityThresholds = QualityThresholds(),
-                 scan: ScanSettings = ScanSettings()) -> None:
+                 scan: ScanSettings = ScanSettings(), single_knee_side: str | None = None) -> None:
         self.device = resolve_device(device)
-        self.scan = scan
+        if single_knee_side not in (None, *SIDES):
+            raise ValueError(f"single_knee_side must be 'R', 'L' or None, got {single_knee_side!r}")
+        self.scan, self.single_knee_side = scan, single_knee_side
         folds = None if ensemble else [0]
         self.roi = roi_model if isinstance(roi_model, KneelModel) else load_model(roi_model, self.device, folds)
         self.landmarks = landmark_model if isinstance(landmark_model, KneelModel) else load_model(
@@ -376,8 +380,8 @@ class KneelPredictor:
         tag = str(laterality or "").strip().upper()
         if tag in SIDES:
             return tag, "dicom_laterality", by_side[tag]
-        anatomy = min(SIDES, key=lambda s: by_side[s].shape_distance)
-        if abs(by_side["R"].shape_distance - by_side["L"].shape_distance) >= self.scan.side_margin:
+        anatomy = max(SIDES, key=lambda s: by_side[s].mean_confidence)
+        if abs(by_side["R"].mean_confidence - by_side["L"].mean_confidence) >= self.scan.side_margin:
             return anatomy, "anatomy", by_side[anatomy]
         if user_side is not None:
             return user_side, "user", by_side[user_side]
@@ -387,8 +391,9 @@ class KneelPredictor:
         """The knees of a radiograph already read (``read_radiograph``).
 
         ``single_knee_side`` (``"R"``/``"L"``): the side of a lone knee when neither its DICOM
-        laterality nor its anatomy decides (see :mod:`kneel_monai.detection`).
+        laterality nor its anatomy decides (see :mod:`kneel_monai.detection`); default the predictor's.
         """
+        single_knee_side = single_knee_side or self.single_knee_side
         if single_knee_side not in (None, *SIDES):
             raise ValueError(f"single_knee_side must be 'R', 'L' or None, got {single_knee_side!r}")
         t0 = time.perf_counter()

@@ -54,8 +54,8 @@ CSV_PATH_COLUMNS = ("path", "file", "image", "filename")
 CSV_SPACING_COLUMNS = ("spacing_mm", "spacing", "pixel_spacing_mm")
 
 COHORT_COLUMNS: tuple[str, ...] = (
-    ("file", "side", "status", "reason", "quality", "quality_reasons", "mean_confidence", "min_confidence",
-     "pixel_spacing_row_mm", "pixel_spacing_col_mm", "spacing_source")
+    ("file", "side", "status", "reason", "quality", "quality_reasons", "side_source", "shape_distance",
+     "mean_confidence", "min_confidence", "pixel_spacing_row_mm", "pixel_spacing_col_mm", "spacing_source")
     + tuple(MEASUREMENTS)
     + tuple(f"{axis}{i}_px" for i in range(NUM_LANDMARKS) for axis in "xy")
     + tuple(f"{axis}{i}_mm" for i in range(NUM_LANDMARKS) for axis in "xy")
@@ -273,6 +273,7 @@ def cohort_rows(prediction: dict[str, Any]) -> list[dict[str, str]]:
                                "status": "ok" if knee["present"] else "absent", "reason": knee.get("reason", ""),
                                "quality": knee.get("quality", ""),
                                "quality_reasons": "; ".join(knee.get("quality_reasons") or []),
+                               "side_source": knee.get("side_source", ""), "shape_distance": knee.get("shape_distance"),
                                "pixel_spacing_row_mm": spacing[0], "pixel_spacing_col_mm": spacing[1],
                                "spacing_source": prediction.get("spacing_source", "")}
         if knee["present"]:
