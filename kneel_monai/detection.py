@@ -10,7 +10,9 @@ refines them, and merges answers on the same knee. A lateral view, a foot or a l
 no knee-shaped answer anywhere and so no knee.
 
 Sides: two knees are the patient's right (image left, radiological convention) and left. A single
-knee's side comes from the DICOM laterality tag when it says R or L, else from the anatomy — the
+knee's side comes from the DICOM laterality tag when it says R or L; else, when the knee lies
+off the image's centre (one knee of a bilateral film, the other not found or cut off), from where
+it lies, as for two knees; else (a knee centred in the field) from the anatomy — the
 landmark model runs on the knee as a right knee and mirrored as a left one, and the orientation
 whose landmarks the network is clearly surer of (higher mean heat-map confidence) wins: it learnt
 right knees, so a left knee seen unmirrored — fibula and plateau shapes on the wrong side — gives
@@ -54,7 +56,12 @@ class ScanSettings:
         side_margin: a single knee's side is decided by the anatomy when the two orientations' mean
             landmark confidences differ by at least this. Chosen on the real OAI crops' validation
             part (102 knees: 78 % decided, all correctly); on the test part (101 knees) 80 % are
-            decided, all correctly, and the higher confidence alone is right for 99 %.
+            decided, all correctly, and the higher confidence alone is right for 99 %. On the
+            development films (knees unlike OAI's) it named the wrong side, decisively, for a knee
+            of a bilateral film whose position gave the side — hence position before anatomy for
+            off-centre knees, and the anatomy's answer is a guess to check on films unlike OAI's.
+        centred_fraction: a lone knee whose centre is more than this fraction of the image width
+            from the middle is one knee of a bilateral film: its side is where it lies.
     """
 
     knee_shape_limit: float | None = 6.0
@@ -64,6 +71,7 @@ class ScanSettings:
     keep: int = 6
     same_knee_mm: float = 60.0
     side_margin: float = 0.02
+    centred_fraction: float = 0.15
 
     def __post_init__(self) -> None:
         if self.knee_shape_limit is not None and not self.knee_shape_limit > 0:

@@ -380,6 +380,10 @@ class KneelPredictor:
         tag = str(laterality or "").strip().upper()
         if tag in SIDES:
             return tag, "dicom_laterality", by_side[tag]
+        offset = knee.centre[0] / max(work.shape[-1] - 1, 1) - 0.5
+        if abs(offset) > self.scan.centred_fraction:  # one knee of a bilateral film: where it lies says
+            side = "R" if offset < 0 else "L"
+            return side, "image_position", by_side[side]
         anatomy = max(SIDES, key=lambda s: by_side[s].mean_confidence)
         if abs(by_side["R"].mean_confidence - by_side["L"].mean_confidence) >= self.scan.side_margin:
             return anatomy, "anatomy", by_side[anatomy]
@@ -397,6 +401,9 @@ class KneelPredictor:
         if single_knee_side not in (None, *SIDES):
             raise ValueError(f"single_knee_side must be 'R', 'L' or None, got {single_knee_side!r}")
         t0 = time.perf_counter()
+        h, w = image.shape[-2:]
+        if float(image.max()) == float(image.min()):  # nothing to see, not a broken file: report why
+            return self._no_knee_result(image, path, f"blank image (every pixel is {float(image.min()):g}): no knee")
         norm = self._normalise(image)
         work = self.working_image(norm)
         t1 = time.perf_counter()
@@ -407,7 +414,6 @@ class KneelPredictor:
             for side, k in found.items():
                 spread.update(self.landmark_spread(zoomed(work, k.zoom), {side: k.centre}, self.mc_samples))
         t3 = time.perf_counter()
-        h, w = image.shape[-2:]
         knees = {}
         limit = self.scan.knee_shape_limit
         for side in SIDES:
@@ -451,6 +457,17 @@ class KneelPredictor:
             spacing_source=str(meta.get("spacing_source", "")), knees=knees, view=view, detection=detection,
             timings_s={"normalise": t1 - t0, "detect": t2 - t1, **({"mc_dropout": t3 - t2} if self.mc_samples else {})},
         )
+
+    def _no_knee_result(self, image: MetaTensor, path: str, reason: str) -> RadiographResult:
+        meta = image.meta
+        h, w = image.shape[-2:]
+        spacing = tuple(float(v) for v in meta.get("pixel_spacing_mm", (float(image.affine[0, 0]),
+                                                                         float(image.affine[1, 1]))))
+        return RadiographResult(path=path or str(meta.get("filename_or_obj", "")), image_size=(int(h), int(w)),
+                                pixel_spacing_mm=spacing, spacing_source=str(meta.get("spacing_source", "")),
+                                knees={s: KneeResult(s, False, reason=reason) for s in SIDES},
+                                view={"verdict": "no_ap_knee", "knees": 0, "reason": reason},
+                                detection={"scanned": False, "scan_starts": 0})
 
     def predict_file(self, path: str | os.PathLike, spacing_mm: float | tuple[float, float] | None = None,
                      single_knee_side: str | None = None) -> RadiographResult:
