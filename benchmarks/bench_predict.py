@@ -38,7 +38,7 @@ ROWS = {
     "default, 1 reader": dict(refine=True, workers=1, model="shipped"),
     "release": dict(refine=True, workers=0, model="release"),
 }
-STAGES = ("read", "normalise", "stage1", "stage2", "refine", "search", "write")
+STAGES = ("read", "normalise", "detect", "write")  # "detect": stage 1, stage 2, refinement and any scan
 
 
 def _release_models(folder: Path) -> tuple[Path, Path]:

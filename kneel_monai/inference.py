@@ -450,7 +450,7 @@ class KneelPredictor:
         meta = image.meta
         spacing = tuple(float(v) for v in meta.get("pixel_spacing_mm", (float(image.affine[0, 0]),
                                                                          float(image.affine[1, 1]))))
-        detection = {"scanned": bool(info["scanned"]), "scan_starts": int(info["scan_starts"]),
+        detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]), "scan_starts": int(info["scan_starts"]),
                      "knee_shape_limit": limit, "min_confidence": self.min_confidence}
         return RadiographResult(
             path=path or str(meta.get("filename_or_obj", "")), image_size=(int(h), int(w)), pixel_spacing_mm=spacing,

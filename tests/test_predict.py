@@ -205,8 +205,8 @@ def test_csv_list_input_and_model_choices(cohort, tmp_path):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["n_ok"] == 1 and "missing.dcm: no such file (listed in" in summary["failed"][0]["error"]
     assert not (tmp_path / "o" / "cohort.csv").exists() and not (tmp_path / "o" / "bilateral_a.png").exists()
-    timings = json.loads((tmp_path / "o" / "bilateral_a.json").read_text())["timings_s"]
-    assert timings["refine"] < 1e-3  # --no-refine
+    detection = json.loads((tmp_path / "o" / "bilateral_a.json").read_text())["detection"]
+    assert detection["refined"] is False  # --no-refine
 
     roi, landmarks = default_model_dirs()
     assert resolve_model_dirs(None) == (roi, landmarks)
