@@ -450,8 +450,9 @@ class KneelPredictor:
         meta = image.meta
         spacing = tuple(float(v) for v in meta.get("pixel_spacing_mm", (float(image.affine[0, 0]),
                                                                          float(image.affine[1, 1]))))
-        detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]), "scan_starts": int(info["scan_starts"]),
-                     "knee_shape_limit": limit, "min_confidence": self.min_confidence}
+        detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]),
+                     "scan_starts": int(info["scan_starts"]), "knee_shape_limit": limit,
+                     "min_confidence": self.min_confidence}
         return RadiographResult(
             path=path or str(meta.get("filename_or_obj", "")), image_size=(int(h), int(w)), pixel_spacing_mm=spacing,
             spacing_source=str(meta.get("spacing_source", "")), knees=knees, view=view, detection=detection,
