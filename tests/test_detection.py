@@ -48,9 +48,11 @@ def test_a_lone_knee_on_its_half_is_found_once_and_its_side_comes_from_where_it_
 
 def test_a_centred_knee_gets_its_side_from_the_tag_then_the_anatomy_then_the_user(predictor, bilateral):
     truth = np.asarray(bilateral.knees["R"]["landmarks_px"])
-    x0 = int(truth[4][0]) - 600  # a single-knee field: the right knee in the middle, the other leg cut off
-    field = bilateral.image[:, x0:x0 + 1200]
-    truth = truth - [x0, 0]
+    # a single-knee field: the right knee in the middle, the other leg cut off (edge-padded on the left)
+    padded = np.pad(bilateral.image, ((0, 0), (600, 0)), mode="edge")
+    x0 = int(truth[4][0])
+    field = padded[:, x0:x0 + 1200]
+    truth = truth + [600 - x0, 0]
     # the DICOM laterality tag is believed first, whatever the anatomy says
     tagged = as_image(field)
     tagged.meta["laterality"] = "L"
