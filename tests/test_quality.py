@@ -51,5 +51,10 @@ def test_a_wrong_pixel_spacing_is_flagged():
     for side in ("R", "L"):
         assert results[1.0].knees[side].quality == "ok", results[1.0].knees[side].quality_reasons
         wrong = results[2.5].knees[side]
-        assert wrong.present and wrong.quality == "check"
-        assert any("implausible tibial plateau width" in r for r in wrong.quality_reasons), wrong.quality_reasons
+        # since 0.3.1 a knee 2.5× too small for the ROI may not be recognised at all: then it is absent,
+        # with the reason; when it is found, its measurements say the spacing is wrong
+        if wrong.present:
+            assert wrong.quality == "check"
+            assert any("implausible tibial plateau width" in r for r in wrong.quality_reasons), wrong.quality_reasons
+        else:
+            assert "no knee" in wrong.reason
