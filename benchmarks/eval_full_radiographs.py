@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 EXPECTED_KNEES = {"bilateral_ap": 2, "single_ap": 1}
 FIELD_WIDTH_MM = {"bilateral_ap": 390.0}  # field width a user would guess; other views: height
 FIELD_HEIGHT_MM = 270.0
@@ -116,6 +118,7 @@ def main() -> None:
 
     ap = [r for r in rows if r["view"] in EXPECTED_KNEES and "error" not in r]
     other = [r for r in rows if r["view"] not in EXPECTED_KNEES and "error" not in r]
+    seconds = [r["seconds"] for r in rows if "seconds" in r]
     summary = {
         "ap_images": len(ap), "ap_knees_expected": sum(r["expected"] for r in ap),
         "ap_knees_found": sum(min(r["knees_found"], r["expected"]) for r in ap),
@@ -124,7 +127,7 @@ def main() -> None:
         "non_ap_images": len(other), "non_ap_with_a_knee_ok": sum(r["ok"] > 0 for r in other),
         "non_ap_with_a_knee_present": sum(r["knees_found"] > 0 for r in other),
         "failed_to_read": [r["file"] for r in rows if "error" in r],
-        "median_seconds": sorted(r["seconds"] for r in rows if "seconds" in r)[len(rows) // 2] if rows else None,
+        "median_seconds": float(np.median(seconds)) if seconds else None,
     }
     if ns.synthetic is not None:
         from kneel_monai.data.datalists import build_datalists

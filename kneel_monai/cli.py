@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--min-confidence", type=float, default=0.25,
                       help="a knee whose mean landmark confidence is below this is reported absent (default 0.25)")
     pred.add_argument("--single-knee-side", choices=("R", "L"),
-                      help="side of a lone knee when neither its DICOM laterality nor its anatomy decides "
+                      help="side of a lone centred knee when neither its DICOM laterality nor its anatomy decides "
                       "(default: the anatomy's guess, flagged check)")
     pred.add_argument("--workers", type=int, default=None,
                       help="reader processes ahead of the networks (default: 0 on a machine with 2 cores or fewer, "

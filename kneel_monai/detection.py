@@ -32,6 +32,7 @@ import torch
 from monai.data import MetaTensor
 
 from .landmarks import KNEE_CENTRE_ID
+from .transforms.array import pixel_spacing
 
 __all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "orientation_at", "distinct_knees",
            "SIDE_SOURCES"]
@@ -115,8 +116,7 @@ def zoomed(image: MetaTensor, zoom: float) -> MetaTensor:
 def grid_starts(image: MetaTensor, stride_mm: float) -> list[np.ndarray]:
     """``(x, y)`` pixel centres of a grid with ``stride_mm`` steps covering the image (centred margins)."""
     h, w = image.shape[-2:]
-    affine = torch.as_tensor(image.affine, dtype=torch.float64)
-    row_mm, col_mm = float(torch.linalg.norm(affine[:2, 0])), float(torch.linalg.norm(affine[:2, 1]))
+    row_mm, col_mm = pixel_spacing(torch.as_tensor(image.affine, dtype=torch.float64))
 
     def axis(n_px: int, mm: float) -> np.ndarray:
         extent = n_px * mm

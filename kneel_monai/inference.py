@@ -32,6 +32,7 @@ from .quality import QualityThresholds, assess_knee
 from .shape_plausibility import shape_distance
 from .detection import Candidate, ScanSettings, distinct_knees, grid_starts, orientation_at, zoomed
 from .transforms import CropRoi, LocalContrast, PercentileNormalise, ResampleToSpacing, SplitHalves, points_between, points_to_mm
+from .transforms.array import pixel_spacing
 from .transforms.dictionary import SIDES
 
 __all__ = ["KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device",
@@ -120,6 +121,12 @@ class RadiographResult:
                    detection=dict(d.get("detection") or {}))
 
 
+def _checked_side(side: str | None) -> str | None:
+    if side not in (None, *SIDES):
+        raise ValueError(f"single_knee_side must be 'R', 'L' or None, got {side!r}")
+    return side
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` → CUDA when available, else CPU; asking for CUDA without one is a clear error."""
     if str(device) == "auto":
@@ -175,9 +182,7 @@ class KneelPredictor:
                  ensemble: bool = True, mc_samples: int = 0, quality: QualityThresholds = QualityThresholds(),
                  scan: ScanSettings = ScanSettings(), single_knee_side: str | None = None) -> None:
         self.device = resolve_device(device)
-        if single_knee_side not in (None, *SIDES):
-            raise ValueError(f"single_knee_side must be 'R', 'L' or None, got {single_knee_side!r}")
-        self.scan, self.single_knee_side = scan, single_knee_side
+        self.scan, self.single_knee_side = scan, _checked_side(single_knee_side)
         folds = None if ensemble else [0]
         self.roi = roi_model if isinstance(roi_model, KneelModel) else load_model(roi_model, self.device, folds)
         self.landmarks = landmark_model if isinstance(landmark_model, KneelModel) else load_model(
@@ -295,8 +300,7 @@ class KneelPredictor:
         spacing when its pixels are much finer (a 0.1 mm film read straight at 0.6 mm would alias its
         noise into the ROI), else as it is. Its affine is exact, so points map back to the original."""
         target = float(self.landmarks.preprocessing["spacing_mm"])
-        if min(float(torch.linalg.norm(norm.affine[:2, 0])), float(torch.linalg.norm(norm.affine[:2, 1]))) \
-                < target / 1.25:
+        if min(pixel_spacing(norm.affine)) < target / 1.25:
             return ResampleToSpacing(target)(norm)
         return norm
 
@@ -327,7 +331,7 @@ class KneelPredictor:
         starts = [(orientation_at(c[0], w), c, zoom) for zoom in self.scan.zooms
                   for c in grid_starts(zoomed(work, zoom), self.scan.stride_mm)]
         first = self._candidates(work, starts, "scan", refine=False)
-        mm = float(torch.linalg.norm(work.affine[:2, 1]))
+        mm = pixel_spacing(work.affine)[1]
         best: list[Candidate] = []  # the most knee-like, one per (orientation, zoom) and place
         for c in sorted(first, key=lambda c: c.shape_distance):
             if len(best) == self.scan.keep or not np.isfinite(c.shape_distance):
@@ -335,7 +339,7 @@ class KneelPredictor:
             if not any(k.orientation == c.orientation and k.zoom == c.zoom and
                        np.linalg.norm(k.centre - c.centre) * mm < 20.0 for k in best):
                 best.append(c)
-        if not best or not (self.refine):
+        if not best or not self.refine:
             return best, len(starts)
         again = self._candidates(work, [(c.orientation, c.centre, c.zoom) for c in best], "scan", refine=False)
         # re-centring helps most knees; where it makes the shape worse, the first answer stays
@@ -349,7 +353,7 @@ class KneelPredictor:
         centres, _ = self.knee_centres(norm)
         starts = [(s, points_between(centres[s][None], norm.affine, work.affine)[0], 1.0) for s in SIDES]
         candidates = self._candidates(work, starts, "stage1")
-        mm = float(torch.linalg.norm(work.affine[:2, 1]))
+        mm = pixel_spacing(work.affine)[1]
         believed = distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
         info: dict[str, Any] = {"scanned": False, "scan_starts": 0}
         if len(believed) < 2 and self.scan.scan:
@@ -374,16 +378,19 @@ class KneelPredictor:
 
     def _single_knee_side(self, work: MetaTensor, knee: Candidate, laterality: Any, user_side: str | None
                           ) -> tuple[str, str, Candidate]:
-        """``(side, side_source, answer in that side's orientation)`` for the only knee of an image."""
-        both = self._candidates(work, [(s, knee.centre, knee.zoom) for s in SIDES], "side")
-        by_side = dict(zip(SIDES, both))
+        """``(side, side_source, answer in that side's orientation)`` for the only knee of an image.
+        Stage 2 runs in both orientations only when the anatomy has to decide."""
+        def answers(*sides: str) -> dict[str, Candidate]:
+            return dict(zip(sides, self._candidates(work, [(s, knee.centre, knee.zoom) for s in sides], "side")))
+
         tag = str(laterality or "").strip().upper()
         if tag in SIDES:
-            return tag, "dicom_laterality", by_side[tag]
+            return tag, "dicom_laterality", answers(tag)[tag]
         offset = knee.centre[0] / max(work.shape[-1] - 1, 1) - 0.5
         if abs(offset) > self.scan.centred_fraction:  # one knee of a bilateral film: where it lies says
             side = "R" if offset < 0 else "L"
-            return side, "image_position", by_side[side]
+            return side, "image_position", answers(side)[side]
+        by_side = answers(*SIDES)
         anatomy = max(SIDES, key=lambda s: by_side[s].mean_confidence)
         if abs(by_side["R"].mean_confidence - by_side["L"].mean_confidence) >= self.scan.side_margin:
             return anatomy, "anatomy", by_side[anatomy]
@@ -397,13 +404,12 @@ class KneelPredictor:
         ``single_knee_side`` (``"R"``/``"L"``): the side of a lone knee when neither its DICOM
         laterality nor its anatomy decides (see :mod:`kneel_monai.detection`); default the predictor's.
         """
-        single_knee_side = single_knee_side or self.single_knee_side
-        if single_knee_side not in (None, *SIDES):
-            raise ValueError(f"single_knee_side must be 'R', 'L' or None, got {single_knee_side!r}")
+        single_knee_side = _checked_side(single_knee_side or self.single_knee_side)
         t0 = time.perf_counter()
-        h, w = image.shape[-2:]
         if float(image.max()) == float(image.min()):  # nothing to see, not a broken file: report why
-            return self._no_knee_result(image, path, f"blank image (every pixel is {float(image.min()):g}): no knee")
+            reason = f"blank image (every pixel is {float(image.min()):g}): no knee"
+            return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
+                           {"verdict": "no_ap_knee", "knees": 0, "reason": reason}, {"scanned": False, "scan_starts": 0})
         norm = self._normalise(image)
         work = self.working_image(norm)
         t1 = time.perf_counter()
@@ -447,28 +453,11 @@ class KneelPredictor:
                 {"verdict": "no_ap_knee", "knees": 0,
                  "reason": "no knee-shaped set of landmarks anywhere in the image (lateral view, foot, long-leg "
                            "film, no knee, or a knee the model does not recognise)"})
-        meta = image.meta
-        spacing = tuple(float(v) for v in meta.get("pixel_spacing_mm", (float(image.affine[0, 0]),
-                                                                         float(image.affine[1, 1]))))
         detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]),
                      "scan_starts": int(info["scan_starts"]), "knee_shape_limit": limit,
                      "min_confidence": self.min_confidence}
-        return RadiographResult(
-            path=path or str(meta.get("filename_or_obj", "")), image_size=(int(h), int(w)), pixel_spacing_mm=spacing,
-            spacing_source=str(meta.get("spacing_source", "")), knees=knees, view=view, detection=detection,
-            timings_s={"normalise": t1 - t0, "detect": t2 - t1, **({"mc_dropout": t3 - t2} if self.mc_samples else {})},
-        )
-
-    def _no_knee_result(self, image: MetaTensor, path: str, reason: str) -> RadiographResult:
-        meta = image.meta
-        h, w = image.shape[-2:]
-        spacing = tuple(float(v) for v in meta.get("pixel_spacing_mm", (float(image.affine[0, 0]),
-                                                                         float(image.affine[1, 1]))))
-        return RadiographResult(path=path or str(meta.get("filename_or_obj", "")), image_size=(int(h), int(w)),
-                                pixel_spacing_mm=spacing, spacing_source=str(meta.get("spacing_source", "")),
-                                knees={s: KneeResult(s, False, reason=reason) for s in SIDES},
-                                view={"verdict": "no_ap_knee", "knees": 0, "reason": reason},
-                                detection={"scanned": False, "scan_starts": 0})
+        return _result(image, path, knees, view, detection,
+                       {"normalise": t1 - t0, "detect": t2 - t1, **({"mc_dropout": t3 - t2} if self.mc_samples else {})})
 
     def predict_file(self, path: str | os.PathLike, spacing_mm: float | tuple[float, float] | None = None,
                      single_knee_side: str | None = None) -> RadiographResult:
@@ -478,6 +467,18 @@ class KneelPredictor:
         result = self.predict_image(image, str(path), single_knee_side)
         result.timings_s = {"read": read_s, **result.timings_s}
         return result
+
+
+def _result(image: MetaTensor, path: str, knees: dict[str, KneeResult], view: dict[str, Any],
+            detection: dict[str, Any], timings_s: dict[str, float] | None = None) -> RadiographResult:
+    """A radiograph's result: its knees, with the image's path, size and spacing from its metadata."""
+    meta = image.meta
+    h, w = image.shape[-2:]
+    spacing = tuple(float(v) for v in meta.get("pixel_spacing_mm", (float(image.affine[0, 0]),
+                                                                     float(image.affine[1, 1]))))
+    return RadiographResult(path=path or str(meta.get("filename_or_obj", "")), image_size=(int(h), int(w)),
+                            pixel_spacing_mm=spacing, spacing_source=str(meta.get("spacing_source", "")), knees=knees,
+                            view=view, detection=detection, timings_s=dict(timings_s or {}))
 
 
 def default_model_dirs() -> tuple[Path, Path]:

@@ -10,6 +10,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
+from .array import pixel_spacing
+
 __all__ = ["PercentileNormalise", "PercentileNormalised", "LocalContrast", "LocalContrastd"]
 
 
@@ -77,7 +79,7 @@ class LocalContrast(Transform):
 
         x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
         if isinstance(img, MetaTensor):
-            spacing = float(torch.linalg.norm(img.affine[:2, 0].double()))
+            spacing = pixel_spacing(img.affine.double())[0]
         else:
             spacing = 1.0
         tile = max(8, int(round(self.tile_mm / spacing)))
