@@ -30,7 +30,8 @@ from .model_io import KneelModel, load_model
 from .networks import prepare_for_inference
 from .quality import QualityThresholds, assess_knee
 from .shape_plausibility import shape_distance
-from .detection import Candidate, ScanSettings, distinct_knees, grid_starts, orientation_at, zoomed
+from .detection import (Candidate, ScanSettings, distinct_knees, grid_starts, off_centre_side, orientation_at, size_zoom,
+                        zoomed)
 from .transforms import CropRoi, LocalContrast, PercentileNormalise, ResampleToSpacing, SplitHalves, points_between, points_to_mm
 from .transforms.array import pixel_spacing
 from .transforms.dictionary import SIDES
@@ -324,43 +325,107 @@ class KneelPredictor:
         limit = self.scan.knee_shape_limit
         return inside and c.mean_confidence >= self.min_confidence and (limit is None or c.shape_distance <= limit)
 
-    def _scan(self, work: MetaTensor) -> tuple[list[Candidate], int]:
-        """Stage 2 from a grid at every zoom (orientation by image half), the ``keep`` most knee-like
-        distinct answers refined. Returns the refined answers and how many starts were tried."""
-        w = work.shape[-1]
-        starts = [(orientation_at(c[0], w), c, zoom) for zoom in self.scan.zooms
-                  for c in grid_starts(zoomed(work, zoom), self.scan.stride_mm)]
-        first = self._candidates(work, starts, "scan", refine=False)
+    def _resized(self, work: MetaTensor, candidates: list[Candidate]) -> list[Candidate]:
+        """Each answer re-zoomed by its own size (``scan.size_rounds`` times at most): stage 2 again at the
+        zoom that shows the knee at the annotated knees' mean size, kept when its shape is as knee-like."""
+        out = list(candidates)
+        active = [np.isfinite(c.shape_distance) for c in out]
+        for _ in range(self.scan.size_rounds):
+            todo = []
+            for i, c in enumerate(out):
+                zoom = round(size_zoom(points_to_mm(c.landmarks_px, work.affine), self.scan.zoom_range), 3)
+                if active[i] and abs(zoom / c.zoom - 1) >= 0.05:
+                    todo.append((i, zoom))
+            if not todo:
+                break
+            again = self._candidates(work, [(out[i].orientation, out[i].centre, z) for i, z in todo], "")
+            for (i, _), a in zip(todo, again):
+                if a.shape_distance <= out[i].shape_distance:
+                    a.source, out[i] = out[i].source, a
+                else:
+                    active[i] = False
+        return out
+
+    def _proposals(self, norm: MetaTensor, work: MetaTensor) -> list[Candidate]:
+        """Stage 1's centre of each image half, stage 2 from it at every ``scan.proposal_zooms``: the most
+        knee-like answer per half, re-zoomed by its size."""
+        centres, _ = self.knee_centres(norm)
+        zooms = self.scan.proposal_zooms
+        starts = [(s, points_between(centres[s][None], norm.affine, work.affine)[0], z) for s in SIDES for z in zooms]
+        tried = self._candidates(work, starts, "stage1")
+        best = [min(tried[i * len(zooms):(i + 1) * len(zooms)], key=lambda c: (c.shape_distance, -c.mean_confidence))
+                for i in range(len(SIDES))]
+        return self._resized(work, best)
+
+    def _most_knee_like(self, work: MetaTensor, starts: list[tuple[str, np.ndarray, float]], source: str
+                        ) -> list[Candidate]:
+        """Stage 2 (unrefined) from every start; the ``scan.keep`` most knee-like answers at distinct places
+        (per orientation) re-centred — kept only where that does not worsen the shape — and re-zoomed."""
+        first = self._candidates(work, starts, source, refine=False)
         mm = pixel_spacing(work.affine)[1]
-        best: list[Candidate] = []  # the most knee-like, one per (orientation, zoom) and place
+        best: list[Candidate] = []
         for c in sorted(first, key=lambda c: c.shape_distance):
             if len(best) == self.scan.keep or not np.isfinite(c.shape_distance):
                 break
-            if not any(k.orientation == c.orientation and k.zoom == c.zoom and
-                       np.linalg.norm(k.centre - c.centre) * mm < 20.0 for k in best):
+            if not any(k.orientation == c.orientation and np.linalg.norm(k.centre - c.centre) * mm < 20.0
+                       for k in best):
                 best.append(c)
         if not best or not self.refine:
-            return best, len(starts)
-        again = self._candidates(work, [(c.orientation, c.centre, c.zoom) for c in best], "scan", refine=False)
-        # re-centring helps most knees; where it makes the shape worse, the first answer stays
-        return [r if r.shape_distance <= c.shape_distance else c for c, r in zip(best, again)], len(starts)
+            return best
+        again = self._candidates(work, [(c.orientation, c.centre, c.zoom) for c in best], source, refine=False)
+        return self._resized(work, [r if r.shape_distance <= c.shape_distance else c for c, r in zip(best, again)])
+
+    def _scan(self, work: MetaTensor) -> tuple[list[Candidate], int]:
+        """Stage 2 from a grid at every ``scan.zooms`` (orientation by image half). Returns the most
+        knee-like answers (see :meth:`_most_knee_like`) and how many starts were tried."""
+        w = work.shape[-1]
+        starts = [(orientation_at(c[0], w), c, zoom) for zoom in self.scan.zooms
+                  for c in grid_starts(zoomed(work, zoom), self.scan.stride_mm)]
+        return self._most_knee_like(work, starts, "scan"), len(starts)
+
+    def _partner(self, work: MetaTensor, knee: Candidate, side: str) -> tuple[list[Candidate], int]:
+        """The other knee of a bilateral film whose ``side`` knee was found: stage 2 on a finer grid over
+        the other half, within 80 mm of the found knee's height, at the found knee's zoom (both knees of
+        a film share its scale)."""
+        w = work.shape[-1]
+        other = "L" if side == "R" else "R"
+        at = zoomed(work, knee.zoom)
+        mm = pixel_spacing(at.affine)[0]
+        starts = [(other, c, knee.zoom) for c in grid_starts(at, self.scan.other_knee_stride_mm)
+                  if orientation_at(c[0], w) == other and abs(c[1] - knee.centre[1]) * mm <= 80.0]
+        return (self._most_knee_like(work, starts, "partner") if starts else []), len(starts)
 
     def detect_knees(self, norm: MetaTensor, work: MetaTensor | None = None, single_knee_side: str | None = None
                      ) -> tuple[dict[str, Candidate], dict[str, str], dict[str, Any]]:
         """The knees of a normalised radiograph: ``({side: Candidate}, {side: side_source}, detection info)``.
         Points are pixels of ``work`` (``working_image(norm)`` by default)."""
         work = self.working_image(norm) if work is None else work
-        centres, _ = self.knee_centres(norm)
-        starts = [(s, points_between(centres[s][None], norm.affine, work.affine)[0], 1.0) for s in SIDES]
-        candidates = self._candidates(work, starts, "stage1")
+        w = work.shape[-1]
+        candidates = self._proposals(norm, work)
         mm = pixel_spacing(work.affine)[1]
-        believed = distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
-        info: dict[str, Any] = {"scanned": False, "scan_starts": 0}
+
+        def believe() -> list[Candidate]:
+            return distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
+
+        info: dict[str, Any] = {"scanned": False, "scan_starts": 0, "partner_starts": 0}
+        searched: list[np.ndarray] = []  # lone knees whose partner was looked for
+
+        def look_for_partner(knees: list[Candidate]) -> list[Candidate]:
+            side = off_centre_side(knees[0].centre[0], w, self.scan.centred_fraction) if len(knees) == 1 else None
+            if side is None or any(np.linalg.norm(knees[0].centre - c) * mm < self.scan.same_knee_mm for c in searched):
+                return knees
+            searched.append(knees[0].centre)
+            found, n = self._partner(work, knees[0], side)
+            candidates.extend(found)
+            info["partner_starts"] += n
+            return believe()
+
+        believed = look_for_partner(believe())
         if len(believed) < 2 and self.scan.scan:
             scanned, n = self._scan(work)
             candidates += scanned
             info.update(scanned=True, scan_starts=n)
-            believed = distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
+            believed = look_for_partner(believe())
         believed = sorted(believed[:2], key=lambda c: c.centre[0])  # image left first
         info["best_shape_distance"] = min((c.shape_distance for c in candidates), default=float("inf"))
         if len(believed) == 2:
@@ -372,7 +437,7 @@ class KneelPredictor:
             knees, sources = {}, {}
         # a knee seen in the other orientation than its side is run again as that side's knee
         redo = [(s, k.centre, k.zoom) for s, k in knees.items() if k.orientation != s]
-        for (s, _, _), again in zip(redo, self._candidates(work, redo, "side")):
+        for (s, _, _), again in zip(redo, self._resized(work, self._candidates(work, redo, "side"))):
             knees[s] = again
         return knees, sources, info
 
@@ -381,14 +446,16 @@ class KneelPredictor:
         """``(side, side_source, answer in that side's orientation)`` for the only knee of an image.
         Stage 2 runs in both orientations only when the anatomy has to decide."""
         def answers(*sides: str) -> dict[str, Candidate]:
-            return dict(zip(sides, self._candidates(work, [(s, knee.centre, knee.zoom) for s in sides], "side")))
+            again = self._resized(work, self._candidates(work, [(s, knee.centre, knee.zoom) for s in sides], "side"))
+            # the answer found stays where running it again in its own orientation gives a less knee-like one
+            return {s: knee if s == knee.orientation and knee.shape_distance < a.shape_distance else a
+                    for s, a in zip(sides, again)}
 
         tag = str(laterality or "").strip().upper()
         if tag in SIDES:
             return tag, "dicom_laterality", answers(tag)[tag]
-        offset = knee.centre[0] / max(work.shape[-1] - 1, 1) - 0.5
-        if abs(offset) > self.scan.centred_fraction:  # one knee of a bilateral film: where it lies says
-            side = "R" if offset < 0 else "L"
+        side = off_centre_side(knee.centre[0], work.shape[-1], self.scan.centred_fraction)
+        if side is not None:  # one knee of a bilateral film: where it lies says
             return side, "image_position", answers(side)[side]
         by_side = answers(*SIDES)
         anatomy = max(SIDES, key=lambda s: by_side[s].mean_confidence)
@@ -409,7 +476,8 @@ class KneelPredictor:
         if float(image.max()) == float(image.min()):  # nothing to see, not a broken file: report why
             reason = f"blank image (every pixel is {float(image.min()):g}): no knee"
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
-                           {"verdict": "no_ap_knee", "knees": 0, "reason": reason}, {"scanned": False, "scan_starts": 0})
+                           {"verdict": "no_ap_knee", "knees": 0, "reason": reason},
+                           {"scanned": False, "scan_starts": 0, "partner_starts": 0})
         norm = self._normalise(image)
         work = self.working_image(norm)
         t1 = time.perf_counter()
@@ -454,7 +522,8 @@ class KneelPredictor:
                  "reason": "no knee-shaped set of landmarks anywhere in the image (lateral view, foot, long-leg "
                            "film, no knee, or a knee the model does not recognise)"})
         detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]),
-                     "scan_starts": int(info["scan_starts"]), "knee_shape_limit": limit,
+                     "scan_starts": int(info["scan_starts"]),
+                     "partner_starts": int(info["partner_starts"]), "knee_shape_limit": limit,
                      "min_confidence": self.min_confidence}
         return _result(image, path, knees, view, detection,
                        {"normalise": t1 - t0, "detect": t2 - t1, **({"mc_dropout": t3 - t2} if self.mc_samples else {})})
