@@ -9,9 +9,11 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from kneel_monai.detection import ScanSettings, distinct_knees, grid_starts, zoomed
+from kneel_monai.detection import (KNEE_SIZE_MM, Candidate, ScanSettings, distinct_knees, grid_starts, knee_size_mm,
+                                   off_centre_side, size_zoom, zoomed)
 from kneel_monai.inference import KneelPredictor, RadiographResult, default_model_dirs
 from kneel_monai.synthetic.generate import generate_radiograph
+from kneel_monai.transforms import points_between
 
 SPACING = 0.2
 
@@ -100,6 +102,57 @@ def test_both_knees_are_found_when_the_spacing_is_wrong(predictor, bilateral):
         assert median_error_mm(knee, np.asarray(bilateral.knees[side]["landmarks_px"])) < 1.5
 
 
+def test_a_knee_shown_too_small_is_found_by_re_zooming_it_to_its_size(predictor, bilateral):
+    """A spacing guessed 45 % too small shows the network knees far smaller than it learnt: without the
+    proposal zooms and the size re-zooming (and no scan to fall back on) no knee is found; with them
+    both are, on their landmarks, and the chosen zoom follows the spacing's error."""
+    without = KneelPredictor(*default_model_dirs(), device="cpu",
+                             scan=ScanSettings(scan=False, proposal_zooms=(1.0,), size_rounds=0))
+    assert not any(k.present for k in without.predict_image(as_image(bilateral.image, SPACING * 0.55)).knees.values())
+    proposals_only = KneelPredictor(*default_model_dirs(), device="cpu", scan=ScanSettings(scan=False))
+    as_read = proposals_only.predict_image(as_image(bilateral.image))
+    too_small = proposals_only.predict_image(as_image(bilateral.image, SPACING * 0.55))
+    assert not too_small.detection["scanned"]
+    for side in ("R", "L"):
+        knee = too_small.knees[side]
+        assert knee.present and knee.side_source == "image_position"
+        assert median_error_mm(knee, np.asarray(bilateral.knees[side]["landmarks_px"])) < 1.5
+        # the zoom makes up for most of the spacing's error (1 / 0.55 = 1.8)
+        assert 1.4 < knee.roi_zoom / as_read.knees[side].roi_zoom < 2.6
+
+
+def test_the_partner_of_one_knee_is_found_at_its_zoom_in_the_other_half(predictor, bilateral):
+    """One knee found (here: given) off-centre; its partner is looked for in the other half, at its zoom."""
+    norm = predictor._normalise(as_image(bilateral.image, SPACING * 0.6))
+    work = predictor.working_image(norm)
+    truth = {s: np.asarray(bilateral.knees[s]["landmarks_px"]) for s in ("R", "L")}
+    start = points_between(truth["R"][4:5], norm.affine, work.affine)[0]
+    right = predictor._resized(work, predictor._candidates(work, [("R", start, 1.6)], "stage1"))[0]
+    assert predictor._believed(right, work)
+    partners, starts = predictor._partner(work, right, "R")
+    assert starts > 0 and all(c.orientation == "L" and c.centre[0] > work.shape[-1] / 2 for c in partners)
+    best = min(partners, key=lambda c: c.shape_distance)
+    assert predictor._believed(best, work)
+    found = points_between(best.landmarks_px, work.affine, norm.affine)
+    assert np.median(np.linalg.norm(found - truth["L"], axis=1)) * SPACING < 1.5
+
+
+def test_knee_size_gives_the_zoom_and_off_centre_knees_their_side():
+    rng = np.random.default_rng(3)
+    knee = rng.normal(size=(16, 2))
+    knee *= KNEE_SIZE_MM / knee_size_mm(knee)
+    assert knee_size_mm(knee + [40.0, -7.0]) == pytest.approx(KNEE_SIZE_MM)
+    assert size_zoom(knee * 0.8, (0.5, 2.5)) == pytest.approx(1.25)
+    assert size_zoom(knee * 0.1, (0.5, 2.5)) == 2.5 and size_zoom(knee * 10, (0.5, 2.5)) == 0.5
+    assert size_zoom(np.full((16, 2), np.nan), (0.5, 2.5)) == 1.0
+    assert off_centre_side(100, 1001, 0.15) == "R" and off_centre_side(900, 1001, 0.15) == "L"
+    assert off_centre_side(560, 1001, 0.15) is None
+    with pytest.raises(ValueError, match="zoom_range"):
+        ScanSettings(zoom_range=(1.2, 2.0))
+    with pytest.raises(ValueError, match="proposal_zooms"):
+        ScanSettings(proposal_zooms=(0.0,))
+
+
 def test_scan_helpers_keep_pixels_and_cover_the_image():
     image = as_image(np.zeros((500, 800)), 0.5)  # 250 × 400 mm
     starts = np.array(grid_starts(image, 70.0))
@@ -110,8 +163,6 @@ def test_scan_helpers_keep_pixels_and_cover_the_image():
     assert float(big.affine[0, 0]) == pytest.approx(0.75) and len(grid_starts(big, 70.0)) > len(starts)
     with pytest.raises(ValueError, match="zooms"):
         ScanSettings(zooms=())
-    from kneel_monai.detection import Candidate
-
     def cand(x, d):
         pts = np.zeros((16, 2)) + [x, 100.0]
         return Candidate("R", pts, np.full(16, 0.5), d)
