@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -124,16 +125,29 @@ def _cmd_info(ns: argparse.Namespace) -> int:
 
 def _cmd_predict(ns: argparse.Namespace) -> int:
     from .inference import KneelPredictor, resolve_model_dirs
-    from .inference_io import FORMATS, predict_paths
+    from .inference_io import FORMATS, OutputsNotWritten, plan_outputs, predict_paths, prepare_output_folder
 
+    # every usage error before a model is loaded or a file read
     formats = [f.strip() for f in ns.format.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise CommandError(f"--format: unknown {', '.join(unknown)}; choose among {','.join(FORMATS)}")
+    if unknown or not formats:
+        raise CommandError(f"--format: {'unknown ' + ', '.join(unknown) if unknown else 'no format given'}; "
+                           f"choose among {','.join(FORMATS)}")
     spacing = None
     if ns.spacing:
-        spacing = ns.spacing[0] if len(ns.spacing) == 1 else tuple(ns.spacing[:2])
+        if len(ns.spacing) > 2 or not all(math.isfinite(v) and v > 0 for v in ns.spacing):
+            raise CommandError(f"--spacing: give one or two positive numbers in mm (row col), got "
+                               f"{' '.join(str(v) for v in ns.spacing)}")
+        spacing = ns.spacing[0] if len(ns.spacing) == 1 else tuple(ns.spacing)
+    if not (math.isfinite(ns.min_confidence) and 0 <= ns.min_confidence <= 1):
+        raise CommandError(f"--min-confidence: a number from 0 to 1, got {ns.min_confidence}")
+    if ns.workers is not None and ns.workers < 0:
+        raise CommandError(f"--workers: 0 (read in this process) or more, got {ns.workers}")
+    if ns.mc_dropout < 0 or ns.mc_dropout == 1:
+        raise CommandError(f"--mc-dropout: 0 (off) or at least 2, got {ns.mc_dropout}")
     workers = ns.workers if ns.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 2)
+    plan_outputs(ns.inputs, ns.out, formats)  # refuses an --out that would replace inputs
+    prepare_output_folder(ns.out)  # refuses an --out that cannot be written
     roi_dir, landmark_dir = resolve_model_dirs(ns.model, ns.roi_model)
     try:
         predictor = KneelPredictor(roi_dir, landmark_dir, device=ns.device, refine=not ns.no_refine,
@@ -149,6 +163,13 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     except KeyboardInterrupt as err:
         print(f"\nkneel predict: {err or 'interrupted'}; every output written is complete", file=sys.stderr)
         return 130
+    except OutputsNotWritten as err:
+        summary = err.summary
+        print(f"kneel predict: error: {err}", file=sys.stderr)
+        print(f"done: {summary['n_ok']} radiograph(s) predicted, {summary['n_failed']} failed", file=sys.stderr)
+        for item in summary["failed"]:
+            print(f"  FAILED {item['error']}", file=sys.stderr)
+        return 2
     print(f"done: {summary['n_ok']} radiograph(s) predicted, {summary['n_skipped']} already done (skipped), "
           f"{summary['n_failed']} failed; {summary['n_knees']} knees found, {summary['n_absent']} absent, "
           f"{summary['n_check']} flagged for a look (quality 'check')")

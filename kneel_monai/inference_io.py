@@ -13,7 +13,7 @@ For the whole run: ``cohort.csv`` (one row per knee, :data:`COHORT_COLUMNS`; fai
 with the reason) and ``summary.json``. Every file is written atomically (temp file + rename), so an
 interruption leaves only complete outputs, and the next run finishes the rest.
 
-Radiographs are read in ``DataLoader`` worker processes while the main process runs the networks;
+Radiographs are read in worker processes (:class:`ReadAhead`) while the main process runs the networks;
 at most a few radiographs are in memory at any time, so a cohort of any size streams.
 """
 
@@ -22,36 +22,30 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
-import re
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, remove_stale_temporaries
 from .io import read_radiograph
 from .io.markups import write_markups
-from .io.reading import has_dicom_preamble
 from .landmarks import NUM_LANDMARKS
 from .measurements import MEASUREMENTS
+from .run_plan import IMAGE_SUFFIXES, find_radiographs, outputs_of, plan_outputs, source_of
 from .visualize import draw_landmarks_overlay
 
 __all__ = ["FORMATS", "IMAGE_SUFFIXES", "COHORT_COLUMNS", "find_radiographs", "plan_outputs", "predict_paths",
-           "cohort_rows"]
+           "cohort_rows", "prepare_output_folder", "OutputsNotWritten", "ReadAhead"]
 
 FORMATS = ("json", "csv", "png", "mrk")
-#: file suffixes taken as radiographs when a folder is scanned (DICOM is also recognised by content)
-IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nrrd", ".nhdr", ".nii",
-                  ".nii.gz", ".mha", ".mhd")
-#: columns a CSV list of inputs may name its paths with (else its first column)
-CSV_PATH_COLUMNS = ("path", "file", "image", "filename")
-CSV_SPACING_COLUMNS = ("spacing_mm", "spacing", "pixel_spacing_mm")
 
 COHORT_COLUMNS: tuple[str, ...] = (
     ("file", "side", "status", "reason", "quality", "quality_reasons", "side_source", "shape_distance",
@@ -65,138 +59,9 @@ COHORT_COLUMNS: tuple[str, ...] = (
 
 
 # ---------------------------------------------------------------------------------------------
-# inputs
-# ---------------------------------------------------------------------------------------------
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return has_dicom_preamble(head)
-
-
-def _image_suffix(path: Path) -> str:
-    name = path.name.lower()
-    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), "")
-
-
-def _parse_spacing(text: str) -> tuple[float, float] | None:
-    """A CSV cell: empty → None; one number (mm) or two (row, col) separated by a space, ';' or 'x'."""
-    text = text.strip()
-    if not text:
-        return None
-    parts = [p for p in re.split(r"[\s;xX]+", text) if p]
-    values = [float(p) for p in parts]  # ValueError for garbage
-    if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(text)
-    return (values[0], values[-1])
-
-
-def _csv_rows(path: Path) -> tuple[list[tuple[Path, tuple[float, float] | None]], list[str]]:
-    """The radiographs a CSV list names (relative paths against the CSV's folder), each with the
-    pixel spacing of its row's ``spacing_mm``/``spacing``/``pixel_spacing_mm`` column (JPEG/PNG carry
-    none); a row whose spacing is not a positive number (or two) is a problem naming it, not a file."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        return [], []
-    header = [h.strip().lower() for h in rows[0]]
-    column = next((header.index(c) for c in CSV_PATH_COLUMNS if c in header), None)
-    spacing_column = next((header.index(c) for c in CSV_SPACING_COLUMNS if c in header), None)
-    body = rows[1:] if column is not None else rows
-    first_line = 2 if column is not None else 1
-    column = column or 0
-    out, problems = [], []
-    for n, row in enumerate(body, start=first_line):
-        if len(row) > column and row[column].strip():
-            p = Path(row[column].strip())
-            p = p if p.is_absolute() else path.parent / p
-            cell = row[spacing_column] if spacing_column is not None and len(row) > spacing_column else ""
-            try:
-                out.append((p, _parse_spacing(cell)))
-            except ValueError:
-                problems.append(f"{p}: bad pixel spacing {cell.strip()!r} in {path} line {n} (expected a positive "
-                                "number in mm, or 'row col')")
-    return out, problems
-
-
-def find_radiographs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """Expand ``inputs`` (files, folders, ``.csv`` lists, or a list of them) into radiograph files.
-
-    Folders are scanned recursively for files with an image suffix (:data:`IMAGE_SUFFIXES`) or
-    DICOM content (OAI files have no extension); hidden files are skipped. Files named
-    explicitly (also through a CSV list: a ``path``/``file``/``image`` column, else the first) are
-    always kept. Returns ``(files, problems)``, problems being inputs that do not exist.
-    """
-    planned, problems = _expand(inputs)
-    return [p for p, _, _ in planned], problems
-
-
-def _expand(inputs: str | os.PathLike | Iterable[str | os.PathLike]
-            ) -> tuple[list[tuple[Path, Path | None, tuple[float, float] | None]], list[str]]:
-    """``[(file, the folder input it was found under or None, a CSV row's spacing or None)]`` and the problems."""
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    if not items or any(not str(i).strip() for i in items):
-        raise ValueError("no input given: name a radiograph file, a folder of them or a CSV list")
-    found: list[tuple[Path, Path | None, tuple[float, float] | None]] = []
-    problems: list[str] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            for p in sorted(path.rglob("*")):
-                if p.is_file() and not p.name.startswith(".") and (_image_suffix(p) or _is_dicom(p)):
-                    found.append((p, path, None))
-        elif path.is_file() and path.suffix.lower() == ".csv":
-            listed, bad_rows = _csv_rows(path)
-            problems += bad_rows
-            for p, spacing in listed:
-                if p.is_file():
-                    found.append((p, None, spacing))
-                else:
-                    problems.append(f"{p}: no such file (listed in {path})")
-        elif path.is_file():
-            found.append((path, None, None))
-        else:
-            problems.append(f"{path}: no such file or folder")
-    seen: set[Path] = set()
-    unique = []
-    for p, root, spacing in found:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            unique.append((p, root, spacing))
-    return unique, problems
-
-
-def plan_outputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]
-                 ) -> tuple[list[tuple[Path, str, tuple[float, float] | None]], list[str]]:
-    """Each radiograph with its output name (no suffix, ``/`` for mirrored sub-folders) and the pixel
-    spacing its CSV row gives (or None), and the problems.
-
-    Files found under a folder input keep their path relative to it (so equal names in different
-    sub-folders never collide and a re-run maps every file to the same outputs); other files use
-    their name, with ``_2``, ``_3``… for repeats in input order.
-    """
-    found, problems = _expand(inputs)
-    used: set[str] = set()
-    planned = []
-    for path, root, spacing in found:
-        suffix = _image_suffix(path)
-        rel = path.relative_to(root).as_posix() if root is not None else path.name
-        stem = rel[: len(rel) - len(suffix)] if suffix else rel
-        candidate, n = stem, 1
-        while candidate.lower() in used:
-            n += 1
-            candidate = f"{stem}_{n}"
-        used.add(candidate.lower())
-        planned.append((path, candidate, spacing))
-    return planned, problems
-
-
-# ---------------------------------------------------------------------------------------------
 # reading in worker processes
 # ---------------------------------------------------------------------------------------------
-class _RadiographReader(Dataset):
+class _RadiographReader:
     """Reads one radiograph per item; a failure is returned as a message, never raised."""
 
     def __init__(self, files: Sequence[Path], spacing_mm: Any, per_file: Sequence[Any] | None = None) -> None:
@@ -217,13 +82,65 @@ class _RadiographReader(Dataset):
         return {"index": index, "image": image, "read_s": time.perf_counter() - t0}
 
 
-def _keep(item: Any) -> Any:
-    return item
-
-
-def _one_thread_reader(worker_id: int) -> None:
+def _one_thread_reader() -> None:
     # readers decode and resample a little; one thread each leaves the cores to the networks
     torch.set_num_threads(1)
+
+
+class ReadAhead:
+    """The items of a reader in order, read by ``workers`` processes a few files ahead of the networks
+    (``workers=0``: in this process). A reading process that dies (killed, out of memory) does not
+    end the run: the files it may have held are read again, each alone in a fresh process, and only
+    one that kills that process too fails, with the reason; then reading goes on. ``restarts``
+    counts the process pools replaced."""
+
+    def __init__(self, reader: _RadiographReader, workers: int) -> None:
+        self.reader, self.workers, self.restarts = reader, int(workers), 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.workers == 0:
+            for i in range(len(self.reader)):
+                yield self.reader[i]
+            return
+        todo = deque(range(len(self.reader)))
+        while todo:
+            window: deque[tuple[int, Future | None]] = deque()
+            broken = False
+            pool = ProcessPoolExecutor(self.workers, initializer=_one_thread_reader)
+            try:
+                while todo or window:
+                    while todo and len(window) < 2 * self.workers:
+                        i = todo.popleft()
+                        try:
+                            window.append((i, pool.submit(self.reader.__getitem__, i)))
+                        except BrokenProcessPool:
+                            window.append((i, None))
+                    i, future = window[0]
+                    try:
+                        if future is None:
+                            raise BrokenProcessPool
+                        item = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        break
+                    window.popleft()
+                    yield item
+            finally:
+                pool.shutdown(wait=not broken, cancel_futures=True)
+            if broken:
+                self.restarts += 1
+                for i, _ in window:  # the files in flight: each alone, so a culprit names itself
+                    yield self._read_alone(i)
+
+    def _read_alone(self, index: int) -> dict[str, Any]:
+        pool = ProcessPoolExecutor(1, initializer=_one_thread_reader)
+        try:
+            return pool.submit(self.reader.__getitem__, index).result()
+        except BrokenProcessPool:
+            return {"index": index, "error": f"{self.reader.files[index]}: the process reading it died (killed, or "
+                                             "out of memory); skipped"}
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _message(path: Path, err: BaseException) -> str:
@@ -234,15 +151,6 @@ def _message(path: Path, err: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 # outputs
 # ---------------------------------------------------------------------------------------------
-def _outputs_of(out: Path, stem: str, formats: Sequence[str]) -> dict[str, Path]:
-    paths = {"json": out / f"{stem}.json"}
-    if "png" in formats:
-        paths["png"] = out / f"{stem}.png"
-    if "mrk" in formats:
-        paths["mrk"] = out / f"{stem}.mrk.json"
-    return paths
-
-
 def _done_result(paths: dict[str, Path], source: Path) -> dict[str, Any] | None:
     """The prediction JSON of a radiograph already done (all its outputs there, same source), else None."""
     if not all(p.is_file() for p in paths.values()):
@@ -251,7 +159,9 @@ def _done_result(paths: dict[str, Path], source: Path) -> dict[str, Any] | None:
         data = json.loads(paths["json"].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if data.get("format") != "kneel-monai/prediction" or data.get("image") != str(source):
+    if not isinstance(data, dict) or data.get("format") != "kneel-monai/prediction":
+        return None
+    if str(data.get("source") or source_of(data.get("image", ""))) != source_of(source):
         return None
     return data
 
@@ -320,8 +230,8 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
             ``"row col"``), which wins over this one; a row with a bad value fails with its reason.
         progress: a progress bar with ETA.
         overwrite: predict again radiographs whose outputs exist (default: skip them).
-        workers: ``DataLoader`` worker processes reading radiographs ahead of the networks
-            (0: read in this process).
+        workers: processes reading radiographs ahead of the networks (0: read in this process);
+            one that dies fails at most the file it was reading (:class:`ReadAhead`).
 
     Returns:
         The summary written to ``summary.json``: counts (``n_inputs``, ``n_ok`` done now,
@@ -335,16 +245,16 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    planned, problems = plan_outputs(inputs)
+    planned, problems = plan_outputs(inputs, out, formats)
+    prepare_output_folder(out)
     failed: list[dict[str, str]] = [{"input": p.split(": ")[0], "error": p} for p in problems]
     predictions: list[dict[str, Any]] = []  # every radiograph's JSON content, done now or before
     results: list[dict[str, Any]] = []
     pending: list[tuple[Path, str, dict[str, Path]]] = []
     row_spacings: list[tuple[float, float] | None] = []
     skipped = 0
-    for path, stem, row_spacing in planned:
-        paths = _outputs_of(out, stem, formats)
+    for path, stem, row_spacing in ((p.path, p.name, p.spacing_mm) for p in planned):
+        paths = outputs_of(out, stem, formats)
         done = None if overwrite else _done_result(paths, path)
         if done is not None:
             predictions.append(done)
@@ -355,10 +265,7 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
 
     totals: dict[str, float] = {}
     started = time.perf_counter()
-    loader = DataLoader(_RadiographReader([p for p, _, _ in pending], spacing_mm, row_spacings), batch_size=None,
-                        shuffle=False,
-                        num_workers=workers, collate_fn=_keep, prefetch_factor=2 if workers else None,
-                        worker_init_fn=_one_thread_reader if workers else None)
+    loader = ReadAhead(_RadiographReader([p for p, _, _ in pending], spacing_mm, row_spacings), workers)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -401,13 +308,46 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
                "n_check": sum(k.get("quality") == "check" for k in knees), "interrupted": interrupted,
                "out_dir": str(out), "formats": list(formats), "wall_s": round(time.perf_counter() - started, 3),
                "timings_s": {k: round(v, 3) for k, v in totals.items()}, "failed": failed, "results": results}
+    missing = []  # run files that could not be written (read-only folder, disk full): said, never half-written
     if "csv" in formats:
-        _write_cohort_csv(out / "cohort.csv", predictions, failed)
-        summary["cohort_csv"] = str(out / "cohort.csv")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+        try:
+            _write_cohort_csv(out / "cohort.csv", predictions, failed)
+            summary["cohort_csv"] = str(out / "cohort.csv")
+        except OSError as err:
+            missing.append(f"{out / 'cohort.csv'}: {err.strerror or err}")
+    try:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    except OSError as err:
+        missing.append(f"{out / 'summary.json'}: {err.strerror or err}")
+    if missing:
+        raise OutputsNotWritten(summary, missing)
     if interrupted:
         raise KeyboardInterrupt(f"interrupted: {len(results)} radiograph(s) done in this run; run again to finish")
     return summary
+
+
+class OutputsNotWritten(OSError):
+    """The run finished but some of its own files could not be written; ``summary`` says what was done
+    (every radiograph output listed there is complete) and ``missing`` which run files are absent."""
+
+    def __init__(self, summary: dict[str, Any], missing: list[str]) -> None:
+        super().__init__("could not write " + "; ".join(missing) + " (every per-radiograph output that was written "
+                         "is complete)")
+        self.summary, self.missing = summary, missing
+
+
+def prepare_output_folder(out: str | os.PathLike) -> Path:
+    """Create the output folder and prove it writable (before any model is loaded or radiograph read);
+    remove temporary files a killed earlier run left there."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / ".kneel-write-check", "")
+        (out / ".kneel-write-check").unlink()
+    except OSError as err:
+        raise ValueError(f"{out}: cannot write the outputs there ({err.strerror or err})") from None
+    remove_stale_temporaries(out)
+    return out
 
 
 def _predict_one(predictor: Any, image: Any, path: Path, paths: dict[str, Path], formats: Sequence[str]
@@ -426,5 +366,6 @@ def _predict_one(predictor: Any, image: Any, path: Path, paths: dict[str, Path],
     timings["write"] = time.perf_counter() - t0
     result.timings_s = timings
     prediction = result.to_dict()
+    prediction["source"] = source_of(path)  # who the outputs belong to, however the path was spelled
     atomic_write_text(paths["json"], json.dumps(prediction, indent=1) + "\n")
     return prediction, timings

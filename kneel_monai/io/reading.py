@@ -25,6 +25,7 @@ import os
 import re
 import warnings
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -39,6 +40,7 @@ __all__ = [
     "RadiographReadError",
     "read_radiograph",
     "describe_radiograph",
+    "ReadLimits",
     "LoadRadiograph",
     "LoadRadiographd",
     "LoadRadiographD",
@@ -47,6 +49,43 @@ __all__ = [
 
 #: a spacing argument: one number (square pixels) or ``(row, col)`` in mm, or ``None``
 SpacingLike = Union[float, tuple[float, float], None]
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What a knee radiograph can be. A file beyond these is refused from its header, before its pixels
+    are decoded or anything is resampled: a 760 KB deflated DICOM can declare 20,000² pixels, and a
+    spacing typed in the wrong unit (100 mm) makes every later resampling enormous.
+
+    Attributes:
+        max_pixels: pixels (× channels) a file may hold; the largest CR/DR detectors give about
+            4,300 × 3,500 (15 megapixels). ``kneel predict --max-megapixels`` raises it.
+        spacing_range_mm: the pixel spacings accepted, in mm (knee films: about 0.1–0.2; exports
+            scaled down: up to about 1).
+        max_field_mm: the longest side of the field, in mm (a long-leg film is about 1,300).
+    """
+
+    max_pixels: int = 100_000_000
+    spacing_range_mm: tuple[float, float] = (0.01, 5.0)
+    max_field_mm: float = 2500.0
+
+    def check_pixels(self, path: Path, shape: tuple[int, int], channels: int = 1) -> None:
+        n = int(shape[0]) * int(shape[1]) * max(int(channels), 1)
+        if n > self.max_pixels:
+            raise RadiographReadError(path, f"{shape[0]} × {shape[1]} pixels{f' × {channels} channels' if channels > 1 else ''}"
+                                            f" ({n / 1e6:.0f} megapixels) is more than a knee radiograph holds (limit "
+                                            f"{self.max_pixels / 1e6:g}; --max-megapixels raises it); not decoded")
+
+    def check_geometry(self, path: Path, shape: tuple[int, int], spacing: tuple[float, float]) -> None:
+        lo, hi = self.spacing_range_mm
+        if not (lo <= min(spacing) and max(spacing) <= hi):
+            raise RadiographReadError(path, f"pixel spacing {spacing[0]:g} × {spacing[1]:g} mm is outside {lo:g}–{hi:g} "
+                                            "mm, not a radiograph's (a wrong unit or a typo?)")
+        field = max(shape[0] * spacing[0], shape[1] * spacing[1])
+        if field > self.max_field_mm:
+            raise RadiographReadError(path, f"a field of {field:.0f} mm ({shape[0]} × {shape[1]} pixels at "
+                                            f"{spacing[0]:g} × {spacing[1]:g} mm) is larger than any radiograph "
+                                            f"(limit {self.max_field_mm:g} mm): is the spacing right?")
+
 
 #: where ``meta["spacing_source"]`` says the spacing came from
 SPACING_SOURCES = ("ImagerPixelSpacing", "PixelSpacing", "user", "header")
@@ -443,7 +482,25 @@ def _modality_transform(ds, values: np.ndarray) -> np.ndarray:
     return values.astype(np.float64) * slope + intercept
 
 
-def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None) -> MetaTensor:
+def _native_pixel_bytes(path: Path, ds, header: dict[str, Any]) -> None:
+    """Uncompressed pixel data must hold what Rows × Columns × … say: fewer bytes is a truncated
+    file, more a header that describes less than is there (both would be read wrongly)."""
+    ts = _transfer_syntax(ds)
+    if getattr(ts, "is_compressed", True) or "PixelData" not in ds:
+        return
+    rows, cols = header["shape"]
+    expected = rows * cols * header["samples_per_pixel"] * header["number_of_frames"] * header["bits_allocated"] // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise RadiographReadError(path, f"truncated DICOM: the pixel data holds {actual} bytes, Rows {rows} × "
+                                        f"Columns {cols} need {expected}")
+    if actual > expected + 1:  # one padding byte makes an odd length even
+        raise RadiographReadError(path, f"the pixel data holds {actual} bytes but Rows {rows} × Columns {cols} "
+                                        f"describe {expected}: a wrong header (Rows/Columns) or a corrupt file")
+
+
+def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None,
+                limits: ReadLimits | None = None) -> MetaTensor:
     ds = _read_dicom_dataset(path, force)
     header = _dicom_header(path, ds)
     problems = list(header["problems"])
@@ -467,6 +524,10 @@ def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None)
     else:
         detail = "; ".join(header["spacing_notes"]) or "ImagerPixelSpacing/PixelSpacing absent"
         raise RadiographReadError(path, f"no pixel spacing ({detail}); pass spacing_mm")
+    limits = limits or ReadLimits()
+    limits.check_pixels(path, header["shape"], header["samples_per_pixel"])
+    limits.check_geometry(path, header["shape"], spacing)
+    _native_pixel_bytes(path, ds, header)
 
     ts_name = header["transfer_syntax"]
     try:
@@ -677,12 +738,44 @@ def grey_from_colour(arr: np.ndarray, path: Path, tolerance: float = GREY_CHANNE
     return colour.mean(axis=-1), f"grey stored as {kind} (channels differ ≤ {100 * p99:.1f} % of the range)"
 
 
-def _read_itk(path: Path, spacing_mm: tuple[float, float] | None) -> MetaTensor:
+def _complete_file(path: Path, fmt: str) -> None:
+    """JPEG and PNG files end with a marker; one cut short decodes to a partly grey image with only a
+    library warning, so it is refused here."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 64))
+        tail = fh.read().rstrip(b"\0")
+    if fmt == "JPEG" and not tail.endswith(b"\xff\xd9"):
+        raise RadiographReadError(path, "truncated JPEG (the file ends before its end-of-image marker)")
+    if fmt == "PNG" and b"IEND" not in tail[-12:]:
+        raise RadiographReadError(path, "truncated PNG (the file ends before its IEND chunk)")
+
+
+def _regular_data_files(path: Path) -> None:
+    """A MetaImage/NRRD header names its data file; a pipe or device there would block the reader
+    forever, so only regular files are read."""
+    text = _header_text(path)
+    key = "ElementDataFile" if path.suffix.lower() == ".mhd" else "data file" if path.suffix.lower() == ".nhdr" else ""
+    if not key:
+        return
+    for line in text.splitlines():
+        name, _, value = line.partition("=" if key == "ElementDataFile" else ":")
+        if name.strip().lower() == key.lower() and value.strip() and value.strip().upper() not in ("LOCAL", "LIST"):
+            data = (path.parent / value.strip()).resolve()
+            if data.exists() and not data.is_file():
+                raise RadiographReadError(path, f"its data file {value.strip()} is not a regular file (a pipe, socket "
+                                                "or device?); not read")
+
+
+def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLimits | None = None) -> MetaTensor:
     import SimpleITK as sitk
 
+    _regular_data_files(path)
     header, reader = _itk_header(path)
     if header["problems"]:
         raise RadiographReadError(path, header["problems"][0])
+    limits = limits or ReadLimits()
+    limits.check_pixels(path, header["shape"], header["samples_per_pixel"])
+    _complete_file(path, header["format"])
 
     def pixels() -> np.ndarray:
         try:
@@ -703,6 +796,7 @@ def _read_itk(path: Path, spacing_mm: tuple[float, float] | None) -> MetaTensor:
         raise RadiographReadError(
             path, f"no pixel spacing ({header['spacing_notes'][0]}); pass spacing_mm"
         )
+    limits.check_geometry(path, header["shape"], spacing)
     if arr is None:
         arr = pixels()
     arr = arr.reshape(arr.shape[kept[0]], arr.shape[kept[1]]) if arr.ndim != 2 else arr
@@ -753,7 +847,8 @@ def _finish(
     return MetaTensor(tensor, affine=affine, meta=meta)
 
 
-def read_radiograph(path: str | os.PathLike, spacing_mm: SpacingLike = None) -> MetaTensor:
+def read_radiograph(path: str | os.PathLike, spacing_mm: SpacingLike = None, limits: ReadLimits | None = None
+                    ) -> MetaTensor:
     """Read one radiograph into a ``(1, H, W)`` float32 ``MetaTensor`` with its spacing.
 
     Args:
@@ -770,6 +865,9 @@ def read_radiograph(path: str | os.PathLike, spacing_mm: SpacingLike = None) -> 
     RescaleSlope/RescaleIntercept (or Modality LUT) → MONOCHROME1 inverted over the valid range,
     so that higher is always brighter.
 
+    ``limits`` (:class:`ReadLimits`, default ones): files larger than a knee radiograph, spacings
+    outside a radiograph's and fields larger than any film are refused before decoding.
+
     Raises:
         RadiographReadError: the message starts with the path and names the problem.
         ValueError: ``spacing_mm`` is not a positive number or pair.
@@ -779,8 +877,8 @@ def read_radiograph(path: str | os.PathLike, spacing_mm: SpacingLike = None) -> 
     _check_file(path)
     is_dicom, has_preamble = _sniff_dicom(path)
     if is_dicom:
-        return _read_dicom(path, force=not has_preamble, spacing_mm=spacing)
-    return _read_itk(path, spacing)
+        return _read_dicom(path, force=not has_preamble, spacing_mm=spacing, limits=limits)
+    return _read_itk(path, spacing, limits)
 
 
 def describe_radiograph(path: str | os.PathLike) -> dict[str, Any]:

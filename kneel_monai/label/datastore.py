@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from monailabel.datastore.local import (
 )
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write, atomic_write_text
 from . import LABEL_EXT, LabelError, check_id, label_to_pixels, parse_label
 
 logger = logging.getLogger(__name__)
@@ -49,18 +48,8 @@ def http_error(err: LabelError) -> HTTPException:
 
 
 def atomic_copy(src: str, dest: str) -> None:
-    folder = os.path.dirname(dest) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Copy ``src`` onto ``dest`` all-or-nothing (the project's one atomic writer, with fsync)."""
+    atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def check_label_file_name(label_filename: str) -> None:
