@@ -126,6 +126,7 @@ def _cmd_info(ns: argparse.Namespace) -> int:
 def _cmd_predict(ns: argparse.Namespace) -> int:
     from .inference import KneelPredictor, resolve_model_dirs
     from .inference_io import FORMATS, OutputsNotWritten, plan_outputs, predict_paths, prepare_output_folder
+    from .io.reading import ReadLimits
 
     # every usage error before a model is loaded or a file read
     formats = [f.strip() for f in ns.format.split(",") if f.strip()]
@@ -145,6 +146,9 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
         raise CommandError(f"--workers: 0 (read in this process) or more, got {ns.workers}")
     if ns.mc_dropout < 0 or ns.mc_dropout == 1:
         raise CommandError(f"--mc-dropout: 0 (off) or at least 2, got {ns.mc_dropout}")
+    if not (math.isfinite(ns.max_megapixels) and ns.max_megapixels > 0):
+        raise CommandError(f"--max-megapixels: a positive number, got {ns.max_megapixels}")
+    limits = ReadLimits(max_pixels=int(ns.max_megapixels * 1e6))
     workers = ns.workers if ns.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 2)
     plan_outputs(ns.inputs, ns.out, formats)  # refuses an --out that would replace inputs
     prepare_output_folder(ns.out)  # refuses an --out that cannot be written
@@ -159,7 +163,7 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
           f"{'off' if ns.no_refine else 'on'}; writing {','.join(formats)} to {ns.out}", flush=True)
     try:
         summary = predict_paths(predictor, ns.inputs, ns.out, formats=formats, spacing_mm=spacing,
-                                progress=not ns.no_progress, overwrite=ns.overwrite, workers=workers)
+                                progress=not ns.no_progress, overwrite=ns.overwrite, workers=workers, limits=limits)
     except KeyboardInterrupt as err:
         print(f"\nkneel predict: {err or 'interrupted'}; every output written is complete", file=sys.stderr)
         return 130
@@ -251,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="reader processes ahead of the networks (default: 0 on a machine with 2 cores or fewer, "
                       "where a reader only competes with the networks; else 2)")
     pred.add_argument("--overwrite", action="store_true", help="predict again radiographs already done")
+    pred.add_argument("--max-megapixels", type=float, default=100.0,
+                      help="refuse files with more pixels than this, from their header (default 100: a knee "
+                           "radiograph has about 5-15)")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar")
     pred.set_defaults(func=_cmd_predict)
 
@@ -317,6 +324,14 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    try:
+        return _run(ns)
+    except KeyboardInterrupt:  # Ctrl-C anywhere, while importing torch at start-up too: one line, no traceback
+        print(f"kneel {ns.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(ns: argparse.Namespace) -> int:
     from .model_io import ModelFormatError
     from .release import UnsafePickleError
 
@@ -325,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, ModelFormatError, UnsafePickleError, OSError, ValueError) as err:
         print(f"kneel {ns.command}: error: {err}", file=sys.stderr)
         return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,7 @@ from monai.transforms import CenterSpatialCrop, SpatialPad
 from .io import read_radiograph
 from .landmarks import KNEE_CENTRE_ID
 from .measurements import knee_measurements
-from .model_io import KneelModel, load_model
+from .model_io import KneelModel, ModelFormatError, load_model
 from .networks import prepare_for_inference
 from .quality import QualityThresholds, assess_knee
 from .shape_plausibility import shape_distance
@@ -182,6 +182,8 @@ class KneelPredictor:
                  device: str = "auto", refine: bool = True, min_confidence: float = 0.25, fast: bool = True,
                  ensemble: bool = True, mc_samples: int = 0, quality: QualityThresholds = QualityThresholds(),
                  scan: ScanSettings = ScanSettings(), single_knee_side: str | None = None) -> None:
+        if not 0.0 <= float(min_confidence) <= 1.0:  # NaN fails too: it would switch absence off
+            raise ValueError(f"min_confidence must be a number from 0 to 1, got {min_confidence}")
         self.device = resolve_device(device)
         self.scan, self.single_knee_side = scan, _checked_side(single_knee_side)
         folds = None if ensemble else [0]
@@ -557,12 +559,18 @@ def default_model_dirs() -> tuple[Path, Path]:
 
 
 def _model_task(folder: Path) -> str | None:
+    """The task a model folder's ``model.json`` names; None when there is no such file. A file that is
+    there but broken is said as such (not "no model.json")."""
     import json
 
-    try:
-        return json.loads((folder / "model.json").read_text(encoding="utf-8")).get("task")
-    except (OSError, ValueError, AttributeError):
+    config = folder / "model.json"
+    if not config.is_file():
         return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelFormatError(f"{config}: cannot read it as JSON ({err}); a damaged or cut-short model file?") from None
+    return data.get("task") if isinstance(data, dict) else None
 
 
 def resolve_model_dirs(model: str | os.PathLike | None = None, roi_model: str | os.PathLike | None = None

@@ -37,6 +37,7 @@ import torch
 from .atomic import atomic_write_text, remove_stale_temporaries
 from .io import read_radiograph
 from .io.markups import write_markups
+from .io.reading import ReadLimits
 from .landmarks import NUM_LANDMARKS
 from .measurements import MEASUREMENTS
 from .run_plan import IMAGE_SUFFIXES, find_radiographs, outputs_of, plan_outputs, source_of
@@ -64,8 +65,9 @@ COHORT_COLUMNS: tuple[str, ...] = (
 class _RadiographReader:
     """Reads one radiograph per item; a failure is returned as a message, never raised."""
 
-    def __init__(self, files: Sequence[Path], spacing_mm: Any, per_file: Sequence[Any] | None = None) -> None:
-        self.files, self.spacing_mm = list(files), spacing_mm
+    def __init__(self, files: Sequence[Path], spacing_mm: Any, per_file: Sequence[Any] | None = None,
+                 limits: ReadLimits | None = None) -> None:
+        self.files, self.spacing_mm, self.limits = list(files), spacing_mm, limits
         self.per_file = list(per_file) if per_file is not None else [None] * len(self.files)
 
     def __len__(self) -> int:
@@ -76,7 +78,7 @@ class _RadiographReader:
         t0 = time.perf_counter()
         try:
             # a CSV row's own spacing is the more specific one
-            image = read_radiograph(path, self.per_file[index] or self.spacing_mm)
+            image = read_radiograph(path, self.per_file[index] or self.spacing_mm, self.limits)
         except Exception as err:  # noqa: BLE001 — reported per file, the batch goes on
             return {"index": index, "error": _message(path, err)}
         return {"index": index, "image": image, "read_s": time.perf_counter() - t0}
@@ -216,7 +218,8 @@ def _write_cohort_csv(path: Path, predictions: Sequence[dict[str, Any]], failed:
 # ---------------------------------------------------------------------------------------------
 def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   formats: Sequence[str] = FORMATS, spacing_mm: float | tuple[float, float] | None = None,
-                  progress: bool = True, overwrite: bool = False, workers: int = 0) -> dict[str, Any]:
+                  progress: bool = True, overwrite: bool = False, workers: int = 0,
+                  limits: ReadLimits | None = None) -> dict[str, Any]:
     """Predict every radiograph in ``inputs`` and write ``formats`` into ``out_dir``.
 
     Args:
@@ -232,6 +235,8 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
         overwrite: predict again radiographs whose outputs exist (default: skip them).
         workers: processes reading radiographs ahead of the networks (0: read in this process);
             one that dies fails at most the file it was reading (:class:`ReadAhead`).
+        limits: what a radiograph may be (:class:`~kneel_monai.io.reading.ReadLimits`); larger files,
+            spacings outside a radiograph's and huge fields fail with the reason before decoding.
 
     Returns:
         The summary written to ``summary.json``: counts (``n_inputs``, ``n_ok`` done now,
@@ -265,7 +270,7 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
 
     totals: dict[str, float] = {}
     started = time.perf_counter()
-    loader = ReadAhead(_RadiographReader([p for p, _, _ in pending], spacing_mm, row_spacings), workers)
+    loader = ReadAhead(_RadiographReader([p for p, _, _ in pending], spacing_mm, row_spacings, limits), workers)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -200,7 +200,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fold
         raise ModelFormatError(f"{config_path}: invalid JSON ({err})") from None
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         raise ModelFormatError(f"{config_path}: 'format' is not {MODEL_FORMAT!r}")
-    if config.get("format_version", 0) > MODEL_FORMAT_VERSION:
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ModelFormatError(f"{config_path}: 'format_version' must be a whole number, got {version!r}")
+    if version > MODEL_FORMAT_VERSION:
         raise ModelFormatError(
             f"{config_path}: format_version {config['format_version']} is newer than this library reads "
             f"({MODEL_FORMAT_VERSION}); upgrade kneel-monai"
@@ -210,10 +213,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fold
         raise ModelFormatError(f"{config_path}: 'task' must be one of {TASKS}, got {task!r}")
     _validate_preprocessing(config.get("preprocessing"), str(config_path))
     weights = config.get("weights") or []
+    if not isinstance(weights, list) or not all(isinstance(w, str) and w for w in weights):
+        raise ModelFormatError(f"{config_path}: 'weights' must be a list of file names, got {weights!r}"[:300])
     if not weights:
         raise ModelFormatError(f"{config_path}: lists no weight files")
     chosen = weights if folds is None else [weights[i] for i in folds]
-    args = config.get("network", {}).get("args")
+    network = config.get("network")
+    args = network.get("args") if isinstance(network, dict) else None
+    if not isinstance(args, dict):
+        raise ModelFormatError(f"{config_path}: 'network' must be an object with the network's 'args', got "
+                               f"{network!r}"[:300])
     try:
         template = KneelHourglassNet(**args)
     except (TypeError, ValueError) as err:

@@ -226,6 +226,22 @@ def _owner(json_path: Path) -> str | None:
     return str(data.get("source") or source_of(data.get("image", "")))
 
 
+def _stable_name(name: str, path: Path, shared_in_run: bool, out: Path | None) -> str:
+    """``name``, or its tagged form when another input (of this run, or whose outputs are already in
+    ``out``) or a run file claims it; outputs already written for this input keep their name."""
+    tagged = _tagged(name, path)
+    if out is not None:
+        plain_owner = _owner(out / f"{name}.json")
+        if plain_owner == source_of(path):
+            return name
+        if _owner(out / f"{tagged}.json") == source_of(path):
+            return tagged
+        if plain_owner is not None:
+            return tagged
+    reserved = "/" not in name and name.lower() in _RESERVED_STEMS
+    return tagged if shared_in_run or reserved else name
+
+
 def check_output_folder(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> None:
     """Refuse an output folder that is one of the input folders (its overlays would be read back as
     radiographs, and outputs could replace inputs)."""
@@ -247,9 +263,9 @@ def plan_outputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_di
     it by another radiograph's outputs are tagged, and a plan in which an output would replace an
     input is refused (ValueError) — see the module's rules.
     """
+    if out_dir is not None:
+        check_output_folder(inputs, out_dir)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        check_output_folder(inputs, out)
     found, problems = _expand(inputs, exclude=out)
     names = []
     for path, root, _ in found:
@@ -261,11 +277,7 @@ def plan_outputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_di
         counts[name.lower()] = counts.get(name.lower(), 0) + 1
     planned = []
     for (path, _, spacing), name in zip(found, names):
-        shared = counts[name.lower()] > 1 or name.split("/")[-1].lower() in _RESERVED_STEMS and "/" not in name
-        if not shared and out is not None:
-            owner = _owner(out / f"{name}.json")
-            shared = owner is not None and owner != source_of(path)
-        planned.append(PlannedInput(path, _tagged(name, path) if shared else name, spacing))
+        planned.append(PlannedInput(path, _stable_name(name, path, counts[name.lower()] > 1, out), spacing))
     if out is not None:
         sources = {source_of(p.path) for p in planned}
         for p in planned:

@@ -664,7 +664,7 @@ def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
     shape = (
         (array_shape[kept[0]], array_shape[kept[1]]) if len(kept) == 2 else tuple(array_shape[-2:])
     )
-    spacing = None
+    spacing, bad_spacing = None, ""
     if io_name in _HEADER_SPACING_IOS and len(kept) == 2:
         sets = {
             "NrrdImageIO": _nrrd_sets_spacing,
@@ -678,6 +678,7 @@ def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
                 spacing = _as_spacing(row_col)
             except ValueError:
                 spacing = None
+                bad_spacing = f"the {fmt} header's pixel spacing {row_col[0]:g} × {row_col[1]:g} is not positive"
     header = {
         "path": str(path),
         "format": fmt,
@@ -689,7 +690,7 @@ def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
         "pixel_spacing_mm": spacing,
         "spacing_source": "header" if spacing is not None else None,
         "spacing_notes": [
-            f"the {fmt} header sets no pixel spacing"
+            bad_spacing or f"the {fmt} header sets no pixel spacing"
             if io_name in _HEADER_SPACING_IOS
             else f"{fmt} files carry no trustworthy pixel spacing"
         ]

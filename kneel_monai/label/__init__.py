@@ -44,12 +44,12 @@ class LabelError(ValueError):
         self.status = status
 
 
-def check_id(image_id: Any) -> str:
-    """A datastore id must be a plain name: letters, digits, ``._-``, no ``..``, no ``/``."""
+def check_id(image_id: Any, what: str = "image id") -> str:
+    """A datastore id (or label tag: ``what``) must be a plain name: letters, digits, ``._-``, no ``..``, no ``/``."""
     if not isinstance(image_id, str) or not image_id:
-        raise LabelError("image id missing", 400)
+        raise LabelError(f"{what} missing", 400)
     if ".." in image_id or "/" in image_id or "\\" in image_id or not _ID_RE.match(image_id):
-        raise LabelError(f"invalid image id {image_id!r}: use letters, digits, '.', '_' and '-' only "
+        raise LabelError(f"invalid {what} {image_id[:80]!r}: use letters, digits, '.', '_' and '-' only "
                          "(no '..', no path separators)", 400)
     return image_id
 
@@ -84,7 +84,10 @@ def _points(markup: dict[str, Any], where: str) -> np.ndarray:
         if cp.get("positionStatus", "defined") != "defined":
             raise LabelError(f"{where}: control point {cp.get('label', order)!r} is not placed "
                              f"(positionStatus {cp.get('positionStatus')!r})", 422)
-        lps[index] = pos
+        try:
+            lps[index] = pos
+        except (OverflowError, ValueError):  # an integer of hundreds of digits is no coordinate
+            raise LabelError(f"{where}: control point {cp.get('label', order)!r}: coordinates out of range", 422) from None
     if not np.isfinite(lps).all():
         raise LabelError(f"{where}: non-finite coordinates", 422)
     system = markup.get("coordinateSystem", "LPS")
@@ -112,6 +115,8 @@ def parse_label(content: bytes | str | dict[str, Any]) -> ParsedLabel:
             data = json.loads(content)
         except (UnicodeDecodeError, ValueError) as err:
             raise LabelError(f"label is not JSON: {err}", 400) from None
+        except RecursionError:
+            raise LabelError("label is not a markups file: its JSON is nested far too deep", 400) from None
     if not isinstance(data, dict):
         raise LabelError("label must be a JSON object (a Slicer .mrk.json)", 400)
     schema = data.get("@schema")

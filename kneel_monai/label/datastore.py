@@ -234,7 +234,11 @@ class LockedIndex:
             raise LabelError(f"unknown image id {image_id!r}: no such image in the datastore", 404)
         with open(label_filename, "rb") as f:
             label = parse_label(f.read())
-        image = read_radiograph(image_file(self.get_image_uri(image_id)))
+        try:
+            image = read_radiograph(image_file(self.get_image_uri(image_id)))
+        except ValueError as err:  # the stored image itself is unreadable (e.g. truncated): not the label's fault
+            raise LabelError(f"image {image_id!r} cannot be read, so no label can be checked against it: "
+                             f"{getattr(err, 'problem', err)}", 409) from None
         spacing = tuple(float(v) for v in image.meta["pixel_spacing_mm"])
         size = tuple(int(v) for v in image.shape[-2:])
         px = label_to_pixels(label, spacing, size)
@@ -244,7 +248,7 @@ class LockedIndex:
     def _checked_label(self, image_id: str, label_filename: str, label_tag: str) -> tuple[str, dict[str, Any]]:
         try:
             tag = label_tag or FINAL
-            check_id(tag)
+            check_id(tag, "label tag")
             return tag, self.validate_label(image_id, label_filename)
         except LabelError as err:
             raise http_error(err) from None
@@ -283,7 +287,10 @@ class KneelDatastore(LockedIndex, LocalDatastore):
         except LabelError as err:
             raise http_error(err) from None
         except Exception as err:  # noqa: BLE001 — anything unreadable is a bad upload
-            raise HTTPException(status_code=400, detail=f"not a readable radiograph: {err}") from None
+            # the problem without the server's temporary file name, which means nothing to the client
+            problem = getattr(err, "problem", None) or str(err).replace(str(image_filename), "the upload")
+            raise HTTPException(status_code=400, detail=f"{image_id or 'upload'}: not a readable radiograph: "
+                                                        f"{problem}") from None
         id_, ext = self._to_id(os.path.basename(image_filename))
         if ext.endswith(".json"):
             raise HTTPException(status_code=400, detail="a markups/JSON file is not an image")

@@ -389,6 +389,10 @@ def _dicom_options(rng: np.random.Generator) -> dict:
     }
 
 
+#: the largest side ``generate_dataset`` draws (real detectors: up to about 4,300 px)
+MAX_SIDE_PX = 10_000
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     n: int,
@@ -415,6 +419,9 @@ def generate_dataset(
         raise ValueError(f"fmt must be 'dcm', 'png' or 'mixed', got {fmt!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if size is not None and not all(64 <= int(v) <= MAX_SIDE_PX for v in size):
+        raise ValueError(f"size must be two numbers of pixels from 64 to {MAX_SIDE_PX} (a radiograph's), got "
+                         f"{tuple(size)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
