@@ -345,6 +345,10 @@ def prepare_output_folder(out: str | os.PathLike) -> Path:
     """Create the output folder and prove it writable (before any model is loaded or radiograph read);
     remove temporary files a killed earlier run left there."""
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise ValueError(f"{out}: the output folder is a symbolic link to nothing; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not a folder; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / ".kneel-write-check", "")

@@ -356,3 +356,21 @@ def test_label_checks_answer_4xx_for_hostile_labels(tmp_path):
         from kneel_monai.label import check_id
 
         check_id("../x", "label tag")
+
+
+def test_links_to_nothing_and_missing_data_files_say_so(tmp_path, capsys):
+    (tmp_path / "a.dcm").symlink_to(tmp_path / "b.dcm")
+    (tmp_path / "b.dcm").symlink_to(tmp_path / "a.dcm")  # a loop
+    with pytest.raises(RadiographReadError, match="symbolic link to nothing"):
+        read_radiograph(tmp_path / "a.dcm")
+    header = tmp_path / "x.mhd"
+    header.write_text("ObjectType = Image\nNDims = 2\nDimSize = 8 8\nElementSpacing = 0.2 0.2\n"
+                      "ElementType = MET_UCHAR\nElementDataFile = gone.raw\n")
+    with pytest.raises(RadiographReadError, match="gone.raw does not exist"):
+        read_radiograph(header)
+    image = small_dicom(tmp_path / "k.dcm")
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "o").symlink_to(tmp_path / "nowhere" / "deeper")
+    for out, said in ((tmp_path / "f", "is a file, not a folder"), (tmp_path / "o", "symbolic link to nothing")):
+        assert main(["predict", str(image), "--out", str(out)]) == 2
+        assert said in capsys.readouterr().err

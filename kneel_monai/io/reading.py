@@ -187,6 +187,8 @@ def _spacing_affine(spacing: tuple[float, float]) -> torch.Tensor:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
+        if path.is_symlink():
+            raise RadiographReadError(path, "a symbolic link to nothing (its target is missing, or links loop)")
         raise RadiographReadError(path, "file not found")
     if path.is_dir():
         raise RadiographReadError(path, "is a directory, not an image file")
@@ -762,7 +764,9 @@ def _regular_data_files(path: Path) -> None:
         name, _, value = line.partition("=" if key == "ElementDataFile" else ":")
         if name.strip().lower() == key.lower() and value.strip() and value.strip().upper() not in ("LOCAL", "LIST"):
             data = (path.parent / value.strip()).resolve()
-            if data.exists() and not data.is_file():
+            if not data.exists():
+                raise RadiographReadError(path, f"its data file {value.strip()} does not exist")
+            if not data.is_file():
                 raise RadiographReadError(path, f"its data file {value.strip()} is not a regular file (a pipe, socket "
                                                 "or device?); not read")
 
