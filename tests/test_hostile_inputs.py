@@ -374,3 +374,16 @@ def test_links_to_nothing_and_missing_data_files_say_so(tmp_path, capsys):
     for out, said in ((tmp_path / "f", "is a file, not a folder"), (tmp_path / "o", "symbolic link to nothing")):
         assert main(["predict", str(image), "--out", str(out)]) == 2
         assert said in capsys.readouterr().err
+
+
+def test_a_deflated_dicom_is_measured_before_pydicom_inflates_it(tmp_path):
+    import pydicom
+
+    plain = small_dicom(tmp_path / "plain.dcm", size=(2000, 2000))
+    ds = pydicom.dcmread(plain)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    deflated = tmp_path / "deflated.dcm"
+    ds.save_as(deflated, write_like_original=False)
+    assert np.array_equal(read_radiograph(deflated).numpy(), read_radiograph(plain).numpy())  # within the limits
+    with pytest.raises(RadiographReadError, match="inflates to more than 3 MB"):
+        read_radiograph(deflated, limits=ReadLimits(max_pixels=1_000_000))

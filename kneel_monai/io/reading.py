@@ -448,9 +448,42 @@ def _read_dicom_dataset(path: Path, force: bool, **kwargs):
         if "end of file" in text.lower() or "eof" in text.lower():
             text = re.sub(r"\s+in file .*$", "", text)  # pydicom appends the path
             raise RadiographReadError(path, f"truncated DICOM file ({text})")
-    for w in caught:  # pass the others on
-        warnings.warn(w.message, w.category, stacklevel=3)
+    for w in caught:  # pass the others on, naming the file (a cohort's warnings are otherwise anonymous)
+        text = str(w.message)
+        warnings.warn(text if str(path) in text else f"{path}: {text}", w.category, stacklevel=3)
     return ds
+
+
+def _check_inflated_size(path: Path, limits: ReadLimits) -> None:
+    """A deflated DICOM is inflated whole by pydicom before its header can be read: 400 KB can hold
+    400 MB of pixels. Its inflated size is counted first, in bounded chunks, never held."""
+    import zlib
+
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(132)[128:] != b"DICM":
+                return
+            meta = _read_file_meta_info(fh)
+            if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+                return
+            budget = 2 * limits.max_pixels + (1 << 20)  # 16-bit pixels at the limit, plus the header
+            inflate, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+            while not inflate.eof and (chunk := fh.read(1 << 20)):
+                data = chunk
+                while data and not inflate.eof:
+                    total += len(inflate.decompress(data, 1 << 24))
+                    data = inflate.unconsumed_tail
+                    if total > budget:
+                        raise RadiographReadError(path, f"the deflated DICOM inflates to more than {budget / 1e6:.0f} "
+                                                        "MB, more than a knee radiograph holds (--max-megapixels "
+                                                        "raises the limit); not decoded")
+    except (OSError, zlib.error, ValueError, KeyError, AttributeError) as err:
+        if isinstance(err, RadiographReadError):
+            raise
+        return  # not readable this way: the reader says what is wrong
 
 
 def _stored_range(bits_stored: int, signed: bool) -> tuple[float, float]:
@@ -503,6 +536,8 @@ def _native_pixel_bytes(path: Path, ds, header: dict[str, Any]) -> None:
 
 def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None,
                 limits: ReadLimits | None = None) -> MetaTensor:
+    limits = limits or ReadLimits()
+    _check_inflated_size(path, limits)
     ds = _read_dicom_dataset(path, force)
     header = _dicom_header(path, ds)
     problems = list(header["problems"])
@@ -526,7 +561,6 @@ def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None,
     else:
         detail = "; ".join(header["spacing_notes"]) or "ImagerPixelSpacing/PixelSpacing absent"
         raise RadiographReadError(path, f"no pixel spacing ({detail}); pass spacing_mm")
-    limits = limits or ReadLimits()
     limits.check_pixels(path, header["shape"], header["samples_per_pixel"])
     limits.check_geometry(path, header["shape"], spacing)
     _native_pixel_bytes(path, ds, header)
