@@ -387,3 +387,16 @@ def test_a_deflated_dicom_is_measured_before_pydicom_inflates_it(tmp_path):
     assert np.array_equal(read_radiograph(deflated).numpy(), read_radiograph(plain).numpy())  # within the limits
     with pytest.raises(RadiographReadError, match="inflates to more than 3 MB"):
         read_radiograph(deflated, limits=ReadLimits(max_pixels=1_000_000))
+
+
+def test_a_real_chest_radiograph_and_a_ct_slice_report_no_knee(predictor):
+    import pydicom
+
+    from test_reading import pydicom_data_file
+
+    for path, spacing in ((pydicom_data_file("RG3_UNCR.dcm"), 0.14),  # a CR without spacing tags
+                          (Path(pydicom.data.get_testdata_file("CT_small.dcm")), 0.5)):
+        result = predictor.predict_file(path, spacing)
+        assert result.view["verdict"] == "no_ap_knee", path
+        assert not any(k.present for k in result.knees.values()) and all("no knee" in k.reason
+                                                                        for k in result.knees.values())
