@@ -134,7 +134,11 @@ def _bad_cases(good: dict):
     one["markups"].pop(1)
     wrong = json.loads(json.dumps(good))
     wrong["markups"][0]["controlPoints"] = wrong["markups"][0]["controlPoints"][:5]
-    return [("knee_2", b"{oops", 400, "not JSON"), ("knee_2", json.dumps({"markups": []}).encode(), 422, "@schema"),
+    huge = json.loads(json.dumps(good))
+    huge["markups"][0]["controlPoints"][0]["position"][0] = 10 ** 400  # an integer of 401 digits
+    return [("knee_2", b"{oops", 400, "not JSON"),
+            ("knee_2", ("[" * 100_000 + "]" * 100_000).encode(), 400, "nested far too deep"),
+            ("knee_2", json.dumps(huge).encode(), 422, "out of range"), ("knee_2", json.dumps({"markups": []}).encode(), 422, "@schema"),
             ("knee_2", json.dumps(wrong).encode(), 422, "5 control points"),
             ("knee_2", json.dumps(one).encode(), 422, "only one knee"),
             ("no_such_image", json.dumps(good).encode(), 404, "unknown image id"),
@@ -151,6 +155,10 @@ def test_bad_input_is_rejected_and_nothing_stored(server, studies):
     r = requests.put(server + "/datastore/image", params={"image": "notes"},
                      files={"file": ("notes.png", b"this is not an image")})
     assert r.status_code == 400 and "not a readable radiograph" in r.json()["detail"]
+    assert "/tmp" not in r.json()["detail"] and "notes" in r.json()["detail"]  # not the server's temporary file
+    r = requests.put(f"{server}/datastore/label", params={"image": "knee_2", "tag": "../evil"},
+                     files={"label": ("label.mrk.json", json.dumps(good).encode())}, timeout=60)
+    assert r.status_code == 400 and "invalid label tag" in r.json()["detail"]
     assert stored(studies) == before
     assert not (studies / "studies" / "notes.png").exists()
     assert requests.get(server + "/info/").json()["datastore"]["total"] == len(SEEDS) + 1

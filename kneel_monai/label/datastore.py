@@ -288,7 +288,7 @@ class KneelDatastore(LockedIndex, LocalDatastore):
             raise http_error(err) from None
         except Exception as err:  # noqa: BLE001 — anything unreadable is a bad upload
             # the problem without the server's temporary file name, which means nothing to the client
-            problem = getattr(err, "problem", None) or str(err).replace(str(image_filename), "the upload")
+            problem = str(getattr(err, "problem", None) or err).replace(str(image_filename), "the upload")
             raise HTTPException(status_code=400, detail=f"{image_id or 'upload'}: not a readable radiograph: "
                                                         f"{problem}") from None
         id_, ext = self._to_id(os.path.basename(image_filename))
