@@ -400,3 +400,33 @@ def test_a_real_chest_radiograph_and_a_ct_slice_report_no_knee(predictor):
         assert result.view["verdict"] == "no_ap_knee", path
         assert not any(k.present for k in result.knees.values()) and all("no knee" in k.reason
                                                                         for k in result.knees.values())
+
+
+def test_a_csv_with_a_filepath_column_and_a_nifti_with_negative_spacing(tmp_path, predictor):
+    image = small_dicom(tmp_path / "a.dcm", 12)
+    listed = tmp_path / "list.csv"
+    listed.write_text("subject,filepath\n1,a.dcm\n")
+    summary = predict_paths(predictor, listed, tmp_path / "out", formats=("json",), progress=False)
+    assert summary["n_ok"] == 1 and summary["n_failed"] == 0  # the header is not taken for a path
+    assert json.loads((tmp_path / "out" / "a.json").read_text())["source"] == source_of(image)
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.random.default_rng(0).random((40, 50, 1)).astype(np.float32), np.eye(4))
+    img.header["pixdim"][1:3] = [-0.2, -0.2]
+    nib.save(img, tmp_path / "neg.nii")
+    with pytest.raises(RadiographReadError, match="is not positive"):
+        read_radiograph(tmp_path / "neg.nii")
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    image = small_dicom(tmp_path / "a.dcm")
+    proc = subprocess.Popen([sys.executable, "-m", "kneel_monai.cli", "predict", str(image), "--out",
+                             str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # importing torch and loading the models takes longer than this
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("kneel predict: interrupted")
