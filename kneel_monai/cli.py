@@ -68,7 +68,9 @@ def _cmd_build_datalists(ns: argparse.Namespace) -> int:
 def _cmd_build_oai(ns: argparse.Namespace) -> int:
     from .data.oai import build_oai_dataset
 
-    report = build_oai_dataset(ns.oai_dir, ns.csv, ns.out, n_folds=ns.folds, seed=ns.seed)
+    from .data.oai import default_annotation_csv
+
+    report = build_oai_dataset(ns.oai_dir, ns.csv or default_annotation_csv(), ns.out, n_folds=ns.folds, seed=ns.seed)
     roi_path, lm_path = report.datalists.write(ns.out)
     print(f"{len(report.written)} radiographs matched, {len(report.datalists.landmarks)} knees")
     print(f"wrote {roi_path}\nwrote {lm_path}")
@@ -192,7 +194,7 @@ def _cmd_label_server(ns: argparse.Namespace) -> int:
     if exe is None:
         raise CommandError("monailabel is not installed; see docs/label.md (pip install -e '.[label]', then "
                            "pip install --no-deps monailabel==0.8.5 pydicom-seg==0.4.1)")
-    app = Path(ns.app) if ns.app else Path(__file__).resolve().parent.parent / "monailabel_app"
+    app = Path(ns.app) if ns.app else Path(__file__).parent / "monailabel_app"  # installed with the package
     if not (app / "main.py").is_file():
         raise CommandError(f"{app}: not the MONAI Label app folder (no main.py); pass --app")
     cmd = [exe, "start_server", "--app", str(app), "--studies", ns.studies, "--host", ns.host, "--port", str(ns.port),
@@ -274,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     oai = sub.add_parser("build-oai", help="OAI DICOM folder + KNEEL annotation CSV → ground truth + datalists")
     oai.add_argument("oai_dir", help="folder holding the OAI DICOMs (any layout)")
-    oai.add_argument("csv", help="the KNEEL annotation CSV (kneel_oai_landmarks_0.3mm.csv)")
+    oai.add_argument("csv", nargs="?", default=None,
+                     help="the KNEEL annotation CSV (default: the one shipped with the package)")
     oai.add_argument("out", help="output folder for ground-truth JSONs and datalists")
     oai.add_argument("--folds", type=int, default=5)
     oai.add_argument("--seed", type=int, default=42)

@@ -552,9 +552,15 @@ def _result(image: MetaTensor, path: str, knees: dict[str, KneeResult], view: di
                             view=view, detection=detection, timings_s=dict(timings_s or {}))
 
 
+def default_bundle_dir() -> Path:
+    """The MONAI bundle shipped with the package (``kneel_monai/bundle``: the repository's
+    ``bundles/kneel_landmarks`` in a checkout, its installed copy after ``pip install``)."""
+    return Path(__file__).parent / "bundle"
+
+
 def default_model_dirs() -> tuple[Path, Path]:
-    """The shipped default models (in the bundle's ``models/`` folder of this repository)."""
-    root = Path(__file__).resolve().parents[1] / "bundles" / "kneel_landmarks" / "models"
+    """The shipped default models: the bundle's ``models/roi`` and ``models/landmarks``."""
+    root = default_bundle_dir() / "models"
     return root / "roi", root / "landmarks"
 
 

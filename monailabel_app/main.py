@@ -23,14 +23,14 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from kneel_monai.inference import resolve_device, resolve_model_dirs
+from kneel_monai.inference import default_bundle_dir, resolve_device, resolve_model_dirs
 from kneel_monai.label.datastore import IMAGE_EXTENSIONS, KneelDatastore, dicomweb_datastore
 from kneel_monai.label.server import (MODEL_NAME, KneelEpistemicScoring, KneelEpistemicStrategy, KneelInferTask,
                                       KneelTrainTask, ModelStore, _PredictorCache,
                                       check_training_starts)
 
 logger = logging.getLogger(__name__)
-BUNDLE_DIR = Path(__file__).resolve().parent.parent / "bundles" / "kneel_landmarks"
+BUNDLE_DIR = default_bundle_dir()  # the bundle installed with kneel_monai (a checkout's bundles/kneel_landmarks)
 
 
 class KneelLabelApp(MONAILabelApp):

@@ -1,50 +1,37 @@
 """Shared test fixtures.
 
-The original release's snapshot fixtures live in the project's ``shared/`` folder beside the
-checkout (set ``KNEEL_SHARED_DIR`` to point elsewhere). Without it those tests skip — except
-under CI, where a missing ``shared/`` is an error rather than a silent skip.
+Everything a test reads lives in the repository: ``tests/data/`` (the original release's small
+snapshot fixture, Slicer's markups schema) and the package (the KNEEL annotation CSV), so a fresh
+clone runs every test.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("KNEEL_SHARED_DIR", REPO_ROOT.parent / "shared"))
-
-
-def require_shared(relative: str, check: str | None = None) -> Path:
-    """A file or folder of ``shared/``: skip without it, fail under CI (where it must be there)."""
-    path = shared_dir() / relative
-    if not (path / check if check else path).exists():
-        message = f"{path} not found (set KNEEL_SHARED_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
 def release_fixture_dir() -> Path:
-    return require_shared("fixtures/kneel_original_snapshot", check="hc/session.pkl")
+    """Snapshots in the original release's format, made by its code (width 8; README there)."""
+    return TEST_DATA / "kneel_original_snapshot_small"
 
 
 @pytest.fixture(scope="session")
 def markups_schema() -> dict:
-    return json.loads(require_shared("slicer/markups-schema-v1.0.3.json").read_text(encoding="utf-8"))
+    return json.loads((TEST_DATA / "slicer" / "markups-schema-v1.0.3.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="session")
 def kneel_csv_path() -> Path:
-    return require_shared("data/kneel_oai_landmarks_0.3mm.csv")
+    from kneel_monai.data.oai import default_annotation_csv
 
+    return default_annotation_csv()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -77,8 +77,10 @@ def test_release_parameter_count_matches_release_snapshot(release_fixture_dir):
     sd = torch.load(release_fixture_dir / "hc" / "fold_0_2019_07_14_snapshot.pth", weights_only=True)["model"]
     release_params = sum(v.numel() for key, v in sd.items() if not key.endswith(("running_mean", "running_var",
                                                                                   "num_batches_tracked")))
-    net = build_network("release", out_points=16, inner_block="hmp")
+    # the release preset at the fixture's width (8; the release's own models have 24)
+    net = build_network("release", out_points=16, inner_block="hmp", width=8)
     assert count_parameters(net) == release_params
+    assert count_parameters(build_network("release", out_points=16, inner_block="hmp")) > release_params
 
 
 def test_bottleneck_network_and_256_input():

@@ -54,7 +54,7 @@ def test_converted_files_need_no_pickle(converted):
 def test_session_args_read_safely(release_fixture_dir):
     args = load_session_args(release_fixture_dir / "hc" / "session.pkl")
     assert isinstance(args, argparse.Namespace)
-    assert (args.annotations, args.base_width, args.multiscale_hg, args.hc_spacing) == ("hc", 24, True, 0.3)
+    assert (args.annotations, args.base_width, args.multiscale_hg, args.hc_spacing) == ("hc", 8, True, 0.3)
 
 
 class _RunsCode:
@@ -135,7 +135,7 @@ def test_session_contradicting_weights(release_fixture_dir, tmp_path):
     args.base_width = 32
     with open(folder / "session.pkl", "wb") as fh:
         pickle.dump({"args": [args]}, fh)
-    with pytest.raises(ModelFormatError, match="base_width=32 but the weights have width 24"):
+    with pytest.raises(ModelFormatError, match="base_width=32 but the weights have width 8"):
         convert_release(folder, tmp_path / "out")
 
 

@@ -30,7 +30,7 @@ from ..io import RadiographReadError, describe_radiograph
 from .datalists import Datalists, build_datalists
 from .ground_truth import GroundTruth, KneeTruth, write_ground_truth
 
-__all__ = ["KneelCsvRow", "read_kneel_csv", "roi_to_original_px", "original_px_to_roi", "find_dicoms",
+__all__ = ["default_annotation_csv", "KneelCsvRow", "read_kneel_csv", "roi_to_original_px", "original_px_to_roi", "find_dicoms",
            "OaiBuildReport", "build_oai_dataset", "ROI_SIZE_PX", "IMAGE_PAD_PX", "ANNOTATION_SPACING_MM"]
 
 ROI_SIZE_PX = 466  # 140 mm at 0.3 mm, as the annotation files store it
@@ -47,6 +47,12 @@ class KneelCsvRow:
     kl: int | None
     roi_points: np.ndarray  # (16, 2) in the 0.3 mm ROI, mirrored for L
     bbox: tuple[int, int, int, int]
+
+
+def default_annotation_csv() -> Path:
+    """The KNEEL authors' annotation file of 748 OAI knees, shipped with the package
+    (``kneel_monai/data/kneel_oai_landmarks_0.3mm.csv``; cite Tiulpin et al. 2019, see KNEEL_ANNOTATIONS.md)."""
+    return Path(__file__).with_name("kneel_oai_landmarks_0.3mm.csv")
 
 
 def _pairs(text: str, count: int, what: str) -> np.ndarray:

@@ -65,10 +65,10 @@ _MEDIAL_JSW_PAIR = (14, 7)
 
 
 def default_csv_path() -> Path:
-    """``$KNEEL_SHARED_DIR/data/kneel_oai_landmarks_0.3mm.csv``; KNEEL_SHARED_DIR defaults to ``<repo>/../shared``."""
-    repo = Path(__file__).resolve().parents[2]
-    shared = Path(os.environ.get("KNEEL_SHARED_DIR", repo.parent / "shared"))
-    return shared / "data" / "kneel_oai_landmarks_0.3mm.csv"
+    """The KNEEL annotation CSV shipped with the package (:func:`kneel_monai.data.oai.default_annotation_csv`)."""
+    from ..data.oai import default_annotation_csv
+
+    return default_annotation_csv()
 
 
 def read_landmark_csv(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -322,7 +322,7 @@ def _main() -> None:  # pragma: no cover - maintenance entry point
     import argparse
 
     parser = argparse.ArgumentParser(description="Re-fit the shipped KNEEL shape model from the annotation CSV.")
-    parser.add_argument("--csv", default=None, help="annotation CSV (default: $KNEEL_SHARED_DIR/data/...)")
+    parser.add_argument("--csv", default=None, help="annotation CSV (default: the one shipped with the package)")
     parser.add_argument("--out", default=str(SHIPPED_MODEL_PATH))
     ns = parser.parse_args()
     model = fit_shape_model(ns.csv)
