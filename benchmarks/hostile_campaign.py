@@ -233,20 +233,21 @@ def _(t):
     return refused(lambda: read(p), p, "NaN")
 
 
-@case("reading", "MetaImage whose data file is missing")
-def _(t):
+def metaimage(t: Path, data_file: str) -> Path:
     p = t / "a.mhd"
     p.write_text("ObjectType = Image\nNDims = 2\nDimSize = 64 64\nElementSpacing = 0.2 0.2\n"
-                 "ElementType = MET_UCHAR\nElementDataFile = gone.raw\n")
-    return refused(lambda: read(p), p, "does not exist")
+                 f"ElementType = MET_UCHAR\nElementDataFile = {data_file}\n")
+    return p
+
+
+@case("reading", "MetaImage whose data file is missing")
+def _(t):
+    return refused(lambda: read(metaimage(t, "gone.raw")), t / "a.mhd", "does not exist")
 
 
 @case("reading", "MetaImage whose data file is /dev/zero")
 def _(t):
-    p = t / "a.mhd"
-    p.write_text("ObjectType = Image\nNDims = 2\nDimSize = 64 64\nElementSpacing = 0.2 0.2\n"
-                 "ElementType = MET_UCHAR\nElementDataFile = /dev/zero\n")
-    return refused(lambda: read(p), p, "not a regular file")
+    return refused(lambda: read(metaimage(t, "/dev/zero")), t / "a.mhd", "not a regular file")
 
 
 @case("reading", "symbolic link loop")
