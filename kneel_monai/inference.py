@@ -1,4 +1,4 @@
-"""The two-stage KNEEL pipeline (SPEC §2): radiograph → knee centres → 16 landmarks per knee → refinement.
+"""The two-stage KNEEL pipeline (method.md §2): radiograph → knee centres → 16 landmarks per knee → refinement.
 
 One API for every face (CLI, bundle, Slicer, MONAI Label)::
 
@@ -160,13 +160,13 @@ class KneelPredictor:
     Args:
         roi_model, landmark_model: :class:`KneelModel` or model directories.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        refine: re-centre each ROI on the predicted landmark 4 and run stage 2 again (SPEC §2.5).
+        refine: re-centre each ROI on the predicted landmark 4 and run stage 2 again (method.md §2.5).
         min_confidence: a knee whose mean landmark confidence is below this is reported absent. The
             default 0.25 sits well below every real knee of the OAI crop set's validation part
             (lowest 0.41) so that knees imaged unlike OAI's still count; the shape limit
             (``scan.knee_shape_limit``) does most of the refusing.
         fast: fold conv-BN and use channels-last (exact; see ``prepare_for_inference``).
-        ensemble: average every fold network of each model directory (SPEC §2.7); ``False`` uses
+        ensemble: average every fold network of each model directory (method.md §2.7); ``False`` uses
             the first fold only (faster; the same for single-fold models such as the shipped ones).
         mc_samples: with ``n > 1``, ``n`` extra passes of the final landmark stage with dropout
             active give each landmark's spread in mm (``KneeResult.spread_mm``; epistemic

@@ -42,9 +42,9 @@ KNEE_CENTRE_ID = 4
 #: Landmark 12 is the femoral notch centre.
 FEMUR_CENTRE_ID = 12
 
-#: Subset used for model selection in cross-validation (SPEC §1, §5).
+#: Subset used for model selection in cross-validation (method.md §1, §5).
 MODEL_SELECTION_SUBSET: tuple[int, ...] = (0, 8, 9, 15)
-#: Subset used for the full-pipeline test (SPEC §1, §5).
+#: Subset used for the full-pipeline test (method.md §1, §5).
 TEST_SUBSET: tuple[int, ...] = (0, 4, 8, 9, 12, 15)
 
 #: Display colours of the paper's figures, as RGB in [0, 1].

@@ -1,6 +1,6 @@
 """Knee measurements from the 16 landmarks, in millimetres and degrees.
 
-The definitions (``docs/measurements.md`` has a picture) use only the landmark ids, so they hold
+The definitions (``docs/predict.md``, "Knee measurements", has a picture) use only the landmark ids, so they hold
 for right and left knees alike and for any image orientation:
 
 * **tibial plateau width** ``|T8 − T0|``: lateral to medial tibial margin;

@@ -1,4 +1,4 @@
-"""Augmentations of SPEC §4: the warp moves pixels and points together; the others behave as stated."""
+"""Augmentations of method.md §4: the warp moves pixels and points together; the others behave as stated."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The KNEEL network: shapes, parameter counts derived from the SPEC, soft-argmax, bad input."""
+"""The KNEEL network: shapes, parameter counts derived from docs/method.md §3, soft-argmax, bad input."""
 
 import math
 
@@ -15,7 +15,7 @@ from kneel_monai.networks import (
 )
 
 
-# ---- independent parameter count, written from SPEC §3 (not from the module tree) ----
+# ---- independent parameter count, written from method.md §3 (not from the module tree) ----
 def conv(cin, cout, k, bias):
     return k * k * cin * cout + (cout if bias else 0)
 

@@ -18,7 +18,7 @@ def csv_rows(kneel_csv_path):
 
 
 def spec_formula(rec, spacing):
-    """SPEC §6 written out point by point (independent of the library's vectorised version)."""
+    """method.md §6 written out point by point (independent of the library's vectorised version)."""
     values = [float(v) for v in (rec["tibia"] + "," + rec["femur"]).split(",")]
     x0, y0 = (int(v) for v in rec["bbox"].split(",")[:2])
     out = []

@@ -140,7 +140,7 @@ def test_session_contradicting_weights(release_fixture_dir, tmp_path):
 
 
 def test_bottleneck_inner_levels_convert(tmp_path):
-    """A snapshot laid out as the SPEC describes (HMP outer level, bottleneck below) maps too."""
+    """A snapshot laid out as docs/method.md §3 describes the release (HMP outer level, bottleneck below) maps too."""
     torch.manual_seed(3)
     ours = KneelHourglassNet(in_channels=3, out_points=16, width=8, depth=3, block="hmp", inner_block="bottleneck",
                              upsample_mode="bilinear", pointwise_kernel_size=3, bias=True,

@@ -1,4 +1,4 @@
-"""Patient-wise cross-validation folds stratified by KL grade (SPEC §4: 5 folds, seed 42)."""
+"""Patient-wise cross-validation folds stratified by KL grade (method.md §4: 5 folds, seed 42)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The CSV (748 knees, public with the KNEEL paper) gives per knee ``subject_id, side, kl,
 tibia, femur, bbox, center``: ``tibia``/``femur`` are 9/7 ``x,y`` pairs in a 140 mm ROI at 0.3 mm
 (466 px) centred on landmark 4, left knees already mirrored; ``bbox`` is ``x0,y0,x1,y1`` in the
-whole image resampled to 0.3 mm and zero-padded by 100 px. So (SPEC §6)::
+whole image resampled to 0.3 mm and zero-padded by 100 px. So (method.md §6)::
 
     x_0.3 = (466 − x if side == "L" else x) + x0 − 100,    y_0.3 = y + y0 − 100
     x_px  = x_0.3 · 0.3 / col_spacing,                      y_px  = y_0.3 · 0.3 / row_spacing
@@ -89,7 +89,7 @@ def read_kneel_csv(path: str | os.PathLike) -> tuple[list[KneelCsvRow], list[dic
 
 
 def roi_to_original_px(row: KneelCsvRow, spacing_mm: tuple[float, float]) -> np.ndarray:
-    """The row's 16 landmarks in the original radiograph's pixels ``(x, y)`` (SPEC §6)."""
+    """The row's 16 landmarks in the original radiograph's pixels ``(x, y)`` (method.md §6)."""
     x, y = row.roi_points[:, 0].copy(), row.roi_points[:, 1]
     if row.side == "L":
         x = ROI_SIZE_PX - x

@@ -186,7 +186,7 @@ class KneelHourglassNet(nn.Module):
 
 
 #: Named configurations. ``paper``: the ICCV-W 2019 paper (N 24, d 6). ``release``: the public
-#: release as the SPEC describes it (d 4, bilinear upsampling, 3×3 "1×1" convs with biases,
+#: release as docs/method.md §3 describes it (d 4, bilinear upsampling, 3×3 "1×1" convs with biases,
 #: 3 input channels, i/W coordinates, HMP at the outer level, bottleneck blocks below).
 #: Snapshots whose inner levels are HMP too are detected by the release converter.
 PRESETS: dict[str, dict[str, Any]] = {

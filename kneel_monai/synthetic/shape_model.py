@@ -52,7 +52,7 @@ __all__ = [
     "SHIPPED_MODEL_PATH",
 ]
 
-#: Pixel spacing of the KNEEL OAI annotation CSV (SPEC §6).
+#: Pixel spacing of the KNEEL OAI annotation CSV (method.md §6).
 CSV_SPACING_MM = 0.3
 KL_GRADES = (0, 1, 2, 3, 4)
 SHIPPED_MODEL_PATH = Path(__file__).with_name("shape_model.json")

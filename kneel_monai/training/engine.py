@@ -77,7 +77,7 @@ def latest_checkpoint(folder: str | os.PathLike, prefix: str = "last") -> str | 
 
 def transfer_weights(network: nn.Module, checkpoint: str | os.PathLike, skip_prefixes: Sequence[str] = ("out_conv.",)
                      ) -> list[str]:
-    """Initialise ``network`` from another model's weights, all layers but the last (SPEC §4 transfer).
+    """Initialise ``network`` from another model's weights, all layers but the last (method.md §4 transfer).
 
     ``checkpoint``: a MONAI checkpoint (``{"network": state_dict}``), a plain state dict, or a
     project model directory. Returns the names of the tensors copied; nothing is frozen.

@@ -1,4 +1,4 @@
-"""Evaluate trained models the way the paper reports them (SPEC §5).
+"""Evaluate trained models the way the paper reports them (method.md §5).
 
 * :func:`evaluate_model` — one stage's model on a datalist (a cross-validation fold or every
   item): the evaluation chain of that stage, predictions mapped back to the radiograph's pixels,

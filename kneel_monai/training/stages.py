@@ -52,7 +52,7 @@ class StageConfig:
         return pre
 
 
-#: SPEC §2/§4 geometry (paper and release) and the reduced CPU geometry of the shipped weights:
+#: method.md §2/§4 geometry (paper and release) and the reduced CPU geometry of the shipped weights:
 #: same fields of view with larger pixels (landmarks 0.6 mm instead of 0.3; knee centres 4 mm instead of 1).
 STAGES: dict[str, StageConfig] = {
     "roi": StageConfig("roi", 1.0, 520, 450, out_points=1, subset=None, key_radius_mm=10.0),

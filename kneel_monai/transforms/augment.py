@@ -1,4 +1,4 @@
-"""Training augmentations of the KNEEL paper (SPEC §4), landmark-aware where they move pixels.
+"""Training augmentations of the KNEEL paper (method.md §4), landmark-aware where they move pixels.
 
 * :class:`RandLandmarkWarpd` — scale, rotation, shear, projective warp and the extra scale,
   composed into one homography and applied in one resampling; the points move by the same
