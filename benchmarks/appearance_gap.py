@@ -1,4 +1,5 @@
-"""How far apart real CLAHE-processed knee crops and raw radiographs look to the landmark network, with and without CLAHE.
+"""How far apart real CLAHE-processed knee crops and raw radiographs look to the landmark network, with and
+without CLAHE.
 
 The network input of each knee (140 mm ROI at 0.6 mm around landmark 4, left knees mirrored,
 5th–99th percentile normalisation) is taken from two sources:

@@ -31,10 +31,10 @@ def main(argv=None) -> int:
     ns = ap.parse_args(argv)
 
     import requests
+    from label_server import running_label_server
 
     from kneel_monai.inference import KneelPredictor, default_model_dirs
     from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph
-    from label_server import running_label_server
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     def f(v):
         return "   n/a" if v is None else f"{v:6.3f}"
 
-    header = f"{'H x W':>11} {'mm':>5} | {'render':>6} {'noise':>6} {'total':>6} | " + " ".join(f"{n:>8}" for n in WRITES)
+    header = (f"{'H x W':>11} {'mm':>5} | {'render':>6} {'noise':>6} {'total':>6} | "
+              + " ".join(f"{n:>8}" for n in WRITES))
     print("generation time per radiograph, seconds (median of seeds); write columns are per file")
     print(header)
     print("-" * len(header))

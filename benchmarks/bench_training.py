@@ -80,7 +80,8 @@ def main() -> None:
     print(f"{'network':<13} {'batch':>5} {'size':>5} {'s/step':>8} {'samples/s':>10} {'× release':>10} {'peak MiB':>9}")
     for r in rows:
         r["speedup_vs_release"] = base[(r["batch"], r["size"])] / r["median_step_s"]
-        print(f"{r['network']:<13} {r['batch']:>5} {r['size']:>5} {r['median_step_s']:>8.2f} {r['samples_per_s']:>10.2f} "
+        print(f"{r['network']:<13} {r['batch']:>5} {r['size']:>5} {r['median_step_s']:>8.2f} "
+              f"{r['samples_per_s']:>10.2f} "
               f"{r['speedup_vs_release']:>10.2f} {r['peak_rss_mib']:>9.0f}")
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(json.dumps({"benchmark": "training step (mixup, wing, Adam)", "baseline": "release network, same "

@@ -50,14 +50,16 @@ def main() -> None:
             err = np.linalg.norm((knee.landmarks_px - ref.landmarks_px) * spacing, axis=1)
             knees.append({"side": side, "present": True, "reference": True, "image": truth.image.name,
                           "worst_mm": float(err.max()), "mean_mm": float(err.mean()),
-                          "mean_confidence": float(knee.confidence.mean()), "min_confidence": float(knee.confidence.min()),
+                          "mean_confidence": float(knee.confidence.mean()),
+                          "min_confidence": float(knee.confidence.min()),
                           "max_spread_mm": float(knee.spread_mm.max()), "quality": knee.quality,
                           "reasons": knee.quality_reasons})
     measured = [k for k in knees if k.get("worst_mm") is not None]
     worst = np.array([k["worst_mm"] for k in measured])
     bad = worst >= ns.bad_mm
     print(f"{len(measured)} knees with a reference; worst landmark error: median {np.median(worst):.2f} mm, "
-          f"95th percentile {np.percentile(worst, 95):.2f} mm, max {worst.max():.2f} mm; {bad.sum()} bad (≥ {ns.bad_mm} mm)")
+          f"95th percentile {np.percentile(worst, 95):.2f} mm, max {worst.max():.2f} mm; "
+          f"{bad.sum()} bad (≥ {ns.bad_mm} mm)")
     rows = []
     signals = {"mean_confidence": ("<", [0.1, 0.15, 0.2, 0.25, 0.3]), "min_confidence": ("<", [0.002, 0.005, 0.01]),
                "max_spread_mm": (">", [1.0, 1.5, 2.0, 3.0, 5.0])}
@@ -67,9 +69,11 @@ def main() -> None:
         for t in thresholds:
             flag = values < t if op == "<" else values > t
             row = {"signal": name, "op": op, "threshold": t, "flagged": int(flag.sum()),
-                   "bad_caught": int((flag & bad).sum()), "bad": int(bad.sum()), "good_flagged": int((flag & ~bad).sum())}
+                   "bad_caught": int((flag & bad).sum()), "bad": int(bad.sum()),
+                   "good_flagged": int((flag & ~bad).sum())}
             rows.append(row)
-            print(f"{name:<16} {op}{t:>8} {row['flagged']:>8} {row['bad_caught']:>5}/{row['bad']:<5} {row['good_flagged']:>13}")
+            print(f"{name:<16} {op}{t:>8} {row['flagged']:>8} {row['bad_caught']:>5}/{row['bad']:<5} "
+                  f"{row['good_flagged']:>13}")
     default = np.array([k["quality"] == "check" for k in measured])
     print(f"default flag: {default.sum()} flagged, {(default & bad).sum()}/{bad.sum()} bad caught, "
           f"{(default & ~bad).sum()} good flagged")

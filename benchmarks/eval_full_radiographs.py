@@ -140,9 +140,11 @@ def main() -> None:
         test_all = syn["tables"]["test"][0]
         summary["synthetic"] = {"n_knees": syn["n_knees"], "missed": syn["missed_knees"],
                                 "false_positive": syn["false_positive_knees"],
-                                "pck_2.5_mean": float(test_all["mean"][2.5]), "outliers_pct": float(test_all["outliers"])}
+                                "pck_2.5_mean": float(test_all["mean"][2.5]),
+                                "outliers_pct": float(test_all["outliers"])}
 
-    lines = ["| file | view | knees found / expected | R | L | verdict | scanned | s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| file | view | knees found / expected | R | L | verdict | scanned | s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['file']} | {r['view']} | unreadable: {r['error']} | | | | | |")

@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("--synthetic", type=Path, help="held-out synthetic radiographs (kneel synth output)")
     parser.add_argument("--model", action="append", type=Path, help="landmark model directory (repeatable; "
                         "default: the shipped one)")
-    parser.add_argument("--roi-model", type=Path, help="ROI model for the synthetic pipeline (default: the shipped one)")
+    parser.add_argument("--roi-model", type=Path,
+                        help="ROI model for the synthetic pipeline (default: the shipped one)")
     parser.add_argument("--part", default="test", choices=("test", "validation"),
                         help="which part of the crop set (validation: for tuning; test: for reporting)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "real_knees")
@@ -73,7 +74,8 @@ def main() -> None:
             test_all = syn["tables"]["test"][0]
             row["synthetic"] = {"n_knees": syn["n_knees"], "missed": syn["missed_knees"],
                                 "false_positive": syn["false_positive_knees"],
-                                "pck_2.5_mean": float(test_all["mean"][2.5]), "outliers_pct": float(test_all["outliers"])}
+                                "pck_2.5_mean": float(test_all["mean"][2.5]),
+                                "outliers_pct": float(test_all["outliers"])}
         rows.append(row)
 
     head = ("| model | crops: median mm | PCK@1 | PCK@1.5 | PCK@2 | PCK@2.5 | knees > 10 mm % | aligned median mm | "

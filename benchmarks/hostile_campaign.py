@@ -277,6 +277,7 @@ def _(t):
 @case("reading", "gzip-bombed NIfTI declaring 20,000²")
 def _(t):
     import gzip
+
     import nibabel as nib
 
     header = nib.Nifti1Header()
@@ -352,8 +353,8 @@ def _(t):
 @case("predict", "one file given three ways (relative, absolute, through ..)")
 def _(t):
     a = small_dicom(t / "d" / "a.dcm")
-    proc = kneel("predict", str(a), str(t / "d" / ".." / "d" / "a.dcm"), os.path.relpath(a, REPO), "--out",
-                 str(t / "o"), "--format", "json", "--no-progress")
+    kneel("predict", str(a), str(t / "d" / ".." / "d" / "a.dcm"), os.path.relpath(a, REPO), "--out",
+          str(t / "o"), "--format", "json", "--no-progress")
     summary = json.loads((t / "o" / "summary.json").read_text())
     if summary["n_ok"] != 1:
         raise Defect(f"predicted {summary['n_ok']} times")
@@ -460,10 +461,9 @@ def slicer_lib():
 
 @case("slicer", "prediction JSON with 15 landmarks for a knee")
 def _(t):
-    lib = slicer_lib()
-    from slicer import vtkMRMLScalarVolumeNode, vtkMRMLScene
-
+    slicer_lib()  # the module folder on sys.path
     from KneelLandmarksLib import results
+    from slicer import vtkMRMLScalarVolumeNode, vtkMRMLScene
 
     scene = vtkMRMLScene()
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode") if hasattr(scene, "AddNewNodeByClass") else \

@@ -66,9 +66,7 @@ def _cmd_build_datalists(ns: argparse.Namespace) -> int:
 
 
 def _cmd_build_oai(ns: argparse.Namespace) -> int:
-    from .data.oai import build_oai_dataset
-
-    from .data.oai import default_annotation_csv
+    from .data.oai import build_oai_dataset, default_annotation_csv
 
     report = build_oai_dataset(ns.oai_dir, ns.csv or default_annotation_csv(), ns.out, n_folds=ns.folds, seed=ns.seed)
     roi_path, lm_path = report.datalists.write(ns.out)

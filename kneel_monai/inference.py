@@ -23,6 +23,16 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import CenterSpatialCrop, SpatialPad
 
+from .detection import (
+    Candidate,
+    ScanSettings,
+    distinct_knees,
+    grid_starts,
+    off_centre_side,
+    orientation_at,
+    size_zoom,
+    zoomed,
+)
 from .io import read_radiograph
 from .landmarks import KNEE_CENTRE_ID
 from .measurements import knee_measurements
@@ -30,9 +40,15 @@ from .model_io import KneelModel, ModelFormatError, load_model
 from .networks import prepare_for_inference
 from .quality import QualityThresholds, assess_knee
 from .shape_plausibility import shape_distance
-from .detection import (Candidate, ScanSettings, distinct_knees, grid_starts, off_centre_side, orientation_at, size_zoom,
-                        zoomed)
-from .transforms import CropRoi, LocalContrast, PercentileNormalise, ResampleToSpacing, SplitHalves, points_between, points_to_mm
+from .transforms import (
+    CropRoi,
+    LocalContrast,
+    PercentileNormalise,
+    ResampleToSpacing,
+    SplitHalves,
+    points_between,
+    points_to_mm,
+)
 from .transforms.array import pixel_spacing
 from .transforms.dictionary import SIDES
 
@@ -137,7 +153,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def heatmap_confidence(heatmaps: torch.Tensor, coords: torch.Tensor, beta: float = 1.0, radius: int = 1) -> torch.Tensor:
+def heatmap_confidence(heatmaps: torch.Tensor, coords: torch.Tensor, beta: float = 1.0,
+                       radius: int = 1) -> torch.Tensor:
     """Per-landmark confidence: the softmax probability mass within ``radius`` heat-map pixels of the prediction.
 
     ``heatmaps`` ``(B, M, h, w)`` logits, ``coords`` ``(B, M, 2)`` normalised → ``(B, M)`` in [0, 1]:
@@ -256,7 +273,8 @@ class KneelPredictor:
         offset = self.landmarks.pixel_offset
         return [(self._to_original(coords[i], crops[i], image, offset), conf[i]) for i in range(len(starts))]
 
-    def knee_landmarks(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def knee_landmarks(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray,
+                                                                                                   np.ndarray]]:
         """Stage 2 around the given centres: ``{side: (landmarks (16, 2) original px, confidence (16,))}``."""
         return dict(zip(centres, self._stage2(image, list(centres.items()))))
 
@@ -433,7 +451,8 @@ class KneelPredictor:
         if len(believed) == 2:
             knees, sources = dict(zip(SIDES, believed)), {s: "image_position" for s in SIDES}
         elif len(believed) == 1:
-            side, source, knee = self._single_knee_side(work, believed[0], norm.meta.get("laterality"), single_knee_side)
+            side, source, knee = self._single_knee_side(work, believed[0], norm.meta.get("laterality"),
+                                                        single_knee_side)
             knees, sources = {side: knee}, {side: source}
         else:
             knees, sources = {}, {}
@@ -512,7 +531,8 @@ class KneelPredictor:
             measured = knee_measurements(mm)
             quality, reasons = assess_knee(k.confidence, measured, spread.get(side), self.quality, k.shape_distance)
             if sources[side] == "anatomy_uncertain":
-                quality, reasons = "check", reasons + ["side uncertain: the anatomy does not clearly say left or right; "
+                quality, reasons = "check",
+                reasons + ["side uncertain: the anatomy does not clearly say left or right; "
                                                        "give the side (single_knee_side) or check it"]
             knees[side] = KneeResult(side, True, pts, mm, k.confidence, pts[KNEE_CENTRE_ID].copy(),
                                      measurements=measured, quality=quality, quality_reasons=reasons,
@@ -528,7 +548,8 @@ class KneelPredictor:
                      "partner_starts": int(info["partner_starts"]), "knee_shape_limit": limit,
                      "min_confidence": self.min_confidence}
         return _result(image, path, knees, view, detection,
-                       {"normalise": t1 - t0, "detect": t2 - t1, **({"mc_dropout": t3 - t2} if self.mc_samples else {})})
+                       {"normalise": t1 - t0, "detect": t2 - t1,
+                        **({"mc_dropout": t3 - t2} if self.mc_samples else {})})
 
     def predict_file(self, path: str | os.PathLike, spacing_mm: float | tuple[float, float] | None = None,
                      single_knee_side: str | None = None) -> RadiographResult:
@@ -575,7 +596,8 @@ def _model_task(folder: Path) -> str | None:
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ModelFormatError(f"{config}: cannot read it as JSON ({err}); a damaged or cut-short model file?") from None
+        raise ModelFormatError(f"{config}: cannot read it as JSON ({err}); a damaged or cut-short model "
+                               "file?") from None
     return data.get("task") if isinstance(data, dict) else None
 
 

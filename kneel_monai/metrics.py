@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import csv
 import math
-import textwrap
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 

@@ -184,7 +184,8 @@ def _validate_preprocessing(pre: Any, source: str) -> None:
         raise ModelFormatError(f"{source}: unknown intensity kind {kind!r}; expected one of {INTENSITY_KINDS}")
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", folds: list[int] | None = None) -> KneelModel:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               folds: list[int] | None = None) -> KneelModel:
     """Load a model directory (or its ``model.json``) into eval-mode networks on ``device``.
 
     Args:

@@ -28,7 +28,8 @@ import numpy as np
 from .atomic import atomic_write_text
 from .similarity import apply_similarity, fit_similarity
 
-__all__ = ["PlausibilityModel", "procrustes_mean", "fit_plausibility_model", "load_plausibility_model", "shape_distance",
+__all__ = ["PlausibilityModel", "procrustes_mean", "fit_plausibility_model", "load_plausibility_model",
+           "shape_distance",
            "right_oriented"]
 
 _FORMAT = "kneel-monai/shape-plausibility"

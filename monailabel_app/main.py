@@ -25,9 +25,16 @@ from monailabel.tasks.activelearning.random import Random
 
 from kneel_monai.inference import default_bundle_dir, resolve_device, resolve_model_dirs
 from kneel_monai.label.datastore import IMAGE_EXTENSIONS, KneelDatastore, dicomweb_datastore
-from kneel_monai.label.server import (MODEL_NAME, KneelEpistemicScoring, KneelEpistemicStrategy, KneelInferTask,
-                                      KneelTrainTask, ModelStore, _PredictorCache,
-                                      check_training_starts)
+from kneel_monai.label.server import (
+    MODEL_NAME,
+    KneelEpistemicScoring,
+    KneelEpistemicStrategy,
+    KneelInferTask,
+    KneelTrainTask,
+    ModelStore,
+    _PredictorCache,
+    check_training_starts,
+)
 
 logger = logging.getLogger(__name__)
 BUNDLE_DIR = default_bundle_dir()  # the bundle installed with kneel_monai (a checkout's bundles/kneel_landmarks)
@@ -40,7 +47,8 @@ class KneelLabelApp(MONAILabelApp):
         if unknown:
             raise ValueError(f"--conf models: unknown {', '.join(unknown)}; this app serves '{MODEL_NAME}'")
         if studies.startswith(("http://", "https://")):
-            default_state = Path.home() / ".cache" / "kneel-monai" / "label" / hashlib.sha1(studies.encode()).hexdigest()[:12]
+            digest = hashlib.sha1(studies.encode()).hexdigest()[:12]
+            default_state = Path.home() / ".cache" / "kneel-monai" / "label" / digest
         else:
             default_state = Path(studies) / ".kneel_label"
         self.state_dir = Path(conf.get("state_dir") or default_state)

@@ -51,7 +51,8 @@ def running_label_server(studies: str | os.PathLike, state: str | os.PathLike, c
            "--port", str(port)]
     for k, v in conf.items():
         cmd += ["--conf", k, v]
-    full_env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false", "MONAI_LABEL_SESSION_PATH": str(state / "sessions"),
+    full_env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false",
+                "MONAI_LABEL_SESSION_PATH": str(state / "sessions"),
                 "MPLCONFIGDIR": str(state / "mpl"), "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1",
                 **(env or {})}

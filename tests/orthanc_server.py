@@ -1,4 +1,5 @@
-"""A real Orthanc PACS with its DICOMweb plugin on 127.0.0.1, for tests (Debian packages ``orthanc``, ``orthanc-dicomweb``).
+"""A real Orthanc PACS with its DICOMweb plugin on 127.0.0.1, for tests (Debian packages ``orthanc``,
+``orthanc-dicomweb``).
 
 ``start_orthanc(folder)`` writes a configuration into ``folder`` (storage, index, free HTTP and DICOM
 ports, loopback only, no authentication, the DICOMweb plugin at ``/dicom-web/``), starts ``Orthanc``

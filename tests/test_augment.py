@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from imaging import centroid, radiograph
 from monai.data import MetaTensor
 
 from kneel_monai.transforms import (
@@ -12,7 +13,6 @@ from kneel_monai.transforms import (
     RandTargetJitterd,
     points_between,
 )
-from imaging import centroid, radiograph
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -2,8 +2,9 @@
 
 import json
 
-from kneel_monai.cli import main as kneel
 from test_data import write_case
+
+from kneel_monai.cli import main as kneel
 
 
 def test_build_datalists_and_info(tmp_path, capsys):

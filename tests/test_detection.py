@@ -9,8 +9,17 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from kneel_monai.detection import (KNEE_SIZE_MM, Candidate, ScanSettings, distinct_knees, grid_starts, knee_size_mm,
-                                   off_centre_side, size_zoom, zoomed)
+from kneel_monai.detection import (
+    KNEE_SIZE_MM,
+    Candidate,
+    ScanSettings,
+    distinct_knees,
+    grid_starts,
+    knee_size_mm,
+    off_centre_side,
+    size_zoom,
+    zoomed,
+)
 from kneel_monai.inference import KneelPredictor, RadiographResult, default_model_dirs
 from kneel_monai.synthetic.generate import generate_radiograph
 from kneel_monai.transforms import points_between

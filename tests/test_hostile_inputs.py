@@ -391,7 +391,6 @@ def test_a_deflated_dicom_is_measured_before_pydicom_inflates_it(tmp_path):
 
 def test_a_real_chest_radiograph_and_a_ct_slice_report_no_knee(predictor):
     import pydicom
-
     from test_reading import pydicom_data_file
 
     for path, spacing in ((pydicom_data_file("RG3_UNCR.dcm"), 0.14),  # a CR without spacing tags

@@ -51,7 +51,8 @@ def test_an_installed_wheel_predicts_with_its_own_models(installed):
     assert Path(csv_path).stat().st_size > 100_000
     assert (Path(package).parent / "monailabel_app" / "main.py").is_file()
     out = work / "predictions"
-    run = subprocess.run([str(env_dir / "bin" / "kneel"), "predict", str(REPO / "samples" / "synthetic_bilateral_knee.dcm"),
+    run = subprocess.run([str(env_dir / "bin" / "kneel"), "predict",
+                          str(REPO / "samples" / "synthetic_bilateral_knee.dcm"),
                           "--out", str(out), "--no-progress"], capture_output=True, text=True, cwd=work, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert str(env_dir) in run.stdout  # the models line names the installed bundle

@@ -138,7 +138,8 @@ def _bad_cases(good: dict):
     huge["markups"][0]["controlPoints"][0]["position"][0] = 10 ** 400  # an integer of 401 digits
     return [("knee_2", b"{oops", 400, "not JSON"),
             ("knee_2", ("[" * 100_000 + "]" * 100_000).encode(), 400, "nested far too deep"),
-            ("knee_2", json.dumps(huge).encode(), 422, "out of range"), ("knee_2", json.dumps({"markups": []}).encode(), 422, "@schema"),
+            ("knee_2", json.dumps(huge).encode(), 422, "out of range"),
+            ("knee_2", json.dumps({"markups": []}).encode(), 422, "@schema"),
             ("knee_2", json.dumps(wrong).encode(), 422, "5 control points"),
             ("knee_2", json.dumps(one).encode(), 422, "only one knee"),
             ("no_such_image", json.dumps(good).encode(), 404, "unknown image id"),

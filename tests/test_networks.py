@@ -94,7 +94,8 @@ def test_blocks_shapes_and_split():
     x = torch.randn(2, 10, 9, 11)
     block = HMPBlock(10, 22)
     assert block(x).shape == (2, 22, 9, 11)
-    assert [block.scale1.conv.out_channels, block.scale2.conv.out_channels, block.scale3.conv.out_channels] == [11, 5, 6]
+    assert [block.scale1.conv.out_channels, block.scale2.conv.out_channels, block.scale3.conv.out_channels] == [11, 5,
+                                                                                                                6]
     assert isinstance(HMPBlock(8, 8).skip, torch.nn.Identity)
     assert BottleneckBlock(10, 22, pointwise_kernel_size=3)(x).shape == (2, 22, 9, 11)
 

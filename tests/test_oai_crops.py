@@ -80,7 +80,8 @@ def split_file(crop_set, tmp_path_factory):
     keys = sorted(truth)
     parts = {keys[0]: "test", keys[1]: "validation", keys[2]: "train", keys[3]: "train"}
     path = tmp_path_factory.mktemp("split") / "split.json"
-    path.write_text(json.dumps({"format": "kneel-monai/crop-split", "crops": {k: {"part": p} for k, p in parts.items()}}))
+    path.write_text(json.dumps({"format": "kneel-monai/crop-split", "crops": {k: {"part": p} for k,
+                                                                              p in parts.items()}}))
     return path
 
 

@@ -546,7 +546,8 @@ def test_a_syntax_without_decoder_names_the_syntax_and_the_package(tmp_path, mon
     )
     with pytest.raises(
         RadiographReadError,
-        match=r"no installed decoder for the transfer syntax 'MPEG2 Main Profile / Main Level' \(1\.2\.840\.10008\.1\.2\.4\.100\); pydicom .* has no decoder",
+        match=(r"no installed decoder for the transfer syntax 'MPEG2 Main Profile / Main Level' "
+               r"\(1\.2\.840\.10008\.1\.2\.4\.100\); pydicom .* has no decoder"),
     ) as e:
         read_radiograph(mpeg)
     assert_names(e, mpeg)

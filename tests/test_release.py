@@ -12,6 +12,7 @@ import torch
 
 from kneel_monai.cli import main as kneel
 from kneel_monai.model_io import ModelFormatError, load_model
+from kneel_monai.networks import KneelHourglassNet
 from kneel_monai.release import (
     UnsafePickleError,
     convert_release,
@@ -20,7 +21,6 @@ from kneel_monai.release import (
     read_release_snapshot,
     release_network_args,
 )
-from kneel_monai.networks import KneelHourglassNet
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ def synthetic_knees():
 def test_distance_ignores_pose_and_size(model, synthetic_knees):
     points, side = synthetic_knees[0]
     a = np.radians(7.0)
-    moved = apply_similarity(np.array([[1.8 * np.cos(a), -1.8 * np.sin(a), 40], [1.8 * np.sin(a), 1.8 * np.cos(a), -9]]),
+    moved = apply_similarity(np.array([[1.8 * np.cos(a), -1.8 * np.sin(a), 40], [1.8 * np.sin(a), 1.8 * np.cos(a),
+                                                                                 -9]]),
                              points)
     assert model.distance(moved, side) == pytest.approx(model.distance(points, side), rel=1e-9)
 

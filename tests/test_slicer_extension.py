@@ -50,7 +50,8 @@ def test_the_root_cmakelists_describes_the_extension():
 def test_the_module_cmakelists_lists_every_file():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     scripts = set(_cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
-    on_disk = {"KneelLandmarks.py"} | {f"KneelLandmarksLib/{p.name}" for p in (MODULE_DIR / "KneelLandmarksLib").glob("*.py")}
+    on_disk = {"KneelLandmarks.py"} | {f"KneelLandmarksLib/{p.name}"
+                                       for p in (MODULE_DIR / "KneelLandmarksLib").glob("*.py")}
     assert scripts == on_disk
     for resource in _cmake_list(text, "MODULE_PYTHON_RESOURCES"):
         assert (MODULE_DIR / resource).is_file(), resource

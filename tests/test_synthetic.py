@@ -114,17 +114,17 @@ def test_image_range_and_landmark_conventions(bilateral):
     img = bilateral.image
     H, W = img.shape
     assert 0.0 <= img.min() and img.max() <= 1.0
-    r, l = bilateral.knees["R"]["landmarks_px"], bilateral.knees["L"]["landmarks_px"]
-    for pts in (r, l):
+    right, left = bilateral.knees["R"]["landmarks_px"], bilateral.knees["L"]["landmarks_px"]
+    for pts in (right, left):
         assert pts.shape == (16, 2)
         assert np.all((pts[:, 0] > 0) & (pts[:, 0] < W - 1) & (pts[:, 1] > 0) & (pts[:, 1] < H - 1))
         assert pts[12, 1] < pts[4, 1]  # femoral notch above the tibial centre
-    assert np.all(r[:, 0] < W / 2) and np.all(l[:, 0] > W / 2)  # patient's right knee on the image's left
-    assert r[0, 0] < r[8, 0] and r[9, 0] < r[15, 0]  # right knee: lateral (id 0) at smaller x
-    assert l[0, 0] > l[8, 0] and l[9, 0] > l[15, 0]  # left knee mirrored: id 0 at larger x
-    sep_mm = (l[4, 0] - r[4, 0]) * bilateral.pixel_spacing_mm[1]
+    assert np.all(right[:, 0] < W / 2) and np.all(left[:, 0] > W / 2)  # patient's right knee on the image's left
+    assert right[0, 0] < right[8, 0] and right[9, 0] < right[15, 0]  # right knee: lateral (id 0) at smaller x
+    assert left[0, 0] > left[8, 0] and left[9, 0] > left[15, 0]  # left knee mirrored: id 0 at larger x
+    sep_mm = (left[4, 0] - right[4, 0]) * bilateral.pixel_spacing_mm[1]
     assert 130 <= sep_mm <= 200
-    assert 0.25 * H < r[4, 1] < 0.65 * H
+    assert 0.25 * H < right[4, 1] < 0.65 * H
 
 
 def _gradient(img, sigma_px):
@@ -145,12 +145,14 @@ def test_landmarks_sit_on_bone_edges(seed):
         region = grad[int(c[1]) - half : int(c[1]) + half, int(c[0]) - half : int(c[0]) + half]
         p90 = np.percentile(region, 90)
         rad = max(1, int(round(0.6 / sp)))
-        at = np.array([grad[int(round(y)) - rad : int(round(y)) + rad + 1, int(round(x)) - rad : int(round(x)) + rad + 1].max()
+        at = np.array([grad[int(round(y)) - rad : int(round(y)) + rad + 1,
+                            int(round(x)) - rad : int(round(x)) + rad + 1].max()
                        for x, y in pts])
         assert np.median(at) > p90, f"{side}: landmarks are not on the strongest edges"
         # negative control: the same pattern moved 6 mm sideways is not on edges
         off = pts + [6.0 / sp, -8.0 / sp]
-        at_off = np.array([grad[int(round(y)) - rad : int(round(y)) + rad + 1, int(round(x)) - rad : int(round(x)) + rad + 1].max()
+        at_off = np.array([grad[int(round(y)) - rad : int(round(y)) + rad + 1,
+                                int(round(x)) - rad : int(round(x)) + rad + 1].max()
                            for x, y in off])
         assert np.median(at) > 1.5 * np.median(at_off)
         # bone is on the right side of the edge: below the tibial plateau, above the femoral condyles

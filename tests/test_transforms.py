@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from imaging import centroid, radiograph
 from monai.data import MetaTensor
 from monai.transforms import CenterSpatialCropd, Compose, Flipd, RandSpatialCropd, SpatialPadd
 
 from kneel_monai.landmarks import FLIP_PERMUTATION
-from imaging import centroid, radiograph
 from kneel_monai.transforms import (
     CropRoi,
     CropRoid,

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from test_data import knee_points
 
 from kneel_monai.visualize import draw_landmarks_overlay
-from test_data import knee_points
 
 
 def test_overlay_draws_tibia_red_and_femur_green_where_the_landmarks_are(tmp_path):

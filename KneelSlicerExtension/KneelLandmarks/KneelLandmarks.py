@@ -322,8 +322,9 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportCsvButton.enabled = has and self._job is None
         if has:
             names = ", ".join(node.GetName() for node in results.knees.values())
-            self.ui.resultsLabel.text = _("{names} on '{volume}': drag a point to correct it; the table follows.").format(
-                names=names, volume=volume.GetName())
+            self.ui.resultsLabel.text = _(
+                "{names} on '{volume}': drag a point to correct it; the table follows.").format(names=names,
+                                                                                               volume=volume.GetName())
 
     def onSaveMarkups(self) -> None:
         volume = self.ui.inputSelector.currentNode()
@@ -378,8 +379,9 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volume.SetAttribute(SERVER_IMAGE_ATTRIBUTE, image_id)
             self.ui.inputSelector.setCurrentNode(volume)
             results = self.logic.add_results(self.logic.prepare(volume, device="cpu"), self._server.infer(image_id))
-            self.ui.serverStatusLabel.text = _("'{image}' ({strategy}): correct the landmarks, then Submit label.").format(
-                image=image_id, strategy=strategy)
+            self.ui.serverStatusLabel.text = _(
+                "'{image}' ({strategy}): correct the landmarks, then Submit label.").format(image=image_id,
+                                                                                          strategy=strategy)
             self._setStatus(" ".join(results.messages))
             self.updateResultsPanel()
 
@@ -440,7 +442,8 @@ class KneelLandmarksLogic(ScriptedLoadableModuleLogic, LandmarksLogic):
     def dependenciesReady(self) -> bool:
         import importlib.util
 
-        return (importlib.util.find_spec("torch") is not None and not dependencies.missing_requirements(self.requirements())
+        return (importlib.util.find_spec("torch") is not None
+                and not dependencies.missing_requirements(self.requirements())
                 and dependencies.kneel_importable() is None)
 
     def setupDependencies(self, askConfirmation: bool = True) -> bool:

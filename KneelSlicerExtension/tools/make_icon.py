@@ -1,6 +1,7 @@
-"""Draw the module's icon: a synthetic right knee with its 16 landmarks (tibia red, femur green).
+r"""Draw the module's icon: a synthetic right knee with its 16 landmarks (tibia red, femur green).
 
-    python KneelSlicerExtension/tools/make_icon.py KneelSlicerExtension/KneelLandmarks/Resources/Icons/KneelLandmarks.png
+    python KneelSlicerExtension/tools/make_icon.py \
+        KneelSlicerExtension/KneelLandmarks/Resources/Icons/KneelLandmarks.png
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ from ..io import RadiographReadError, describe_radiograph
 from .datalists import Datalists, build_datalists
 from .ground_truth import GroundTruth, KneeTruth, write_ground_truth
 
-__all__ = ["default_annotation_csv", "KneelCsvRow", "read_kneel_csv", "roi_to_original_px", "original_px_to_roi", "find_dicoms",
+__all__ = ["default_annotation_csv", "KneelCsvRow", "read_kneel_csv", "roi_to_original_px", "original_px_to_roi",
+           "find_dicoms",
            "OaiBuildReport", "build_oai_dataset", "ROI_SIZE_PX", "IMAGE_PAD_PX", "ANNOTATION_SPACING_MM"]
 
 ROI_SIZE_PX = 466  # 140 mm at 0.3 mm, as the annotation files store it

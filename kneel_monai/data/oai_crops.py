@@ -32,7 +32,8 @@ from ..similarity import apply_similarity, fit_similarity, robust_similarity, si
 from .folds import patient_folds
 
 __all__ = ["ANNOTATION_SPACING_MM", "NOMINAL_CROP_SPACING_MM", "CropSetError", "CropRecord", "RegistrationLimits",
-           "read_crop_reference", "approx_pose", "annotation_in_crop", "predict_crop", "predict_crops", "register_round",
+           "read_crop_reference", "approx_pose", "annotation_in_crop", "predict_crop", "predict_crops",
+           "register_round",
            "make_split", "read_split", "default_split_path", "crop_datalist_items",
            "pose_spacing_mm", "latest_poses", "build_crop_dataset",
            "REGISTRATION_FORMAT", "read_registration", "write_registration"]
@@ -67,7 +68,8 @@ def _points(record: dict, field: str, key: str) -> np.ndarray:
         raise CropSetError(f"{key}: {field!r} is not a list of [x, y] points") from None
     if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) != _N:
         count = len(value) if isinstance(value, list) else "no"
-        raise CropSetError(f"{key}: {field!r} has {count} points of shape {pts.shape[1:] or '()'}, expected {_N} [x, y]")
+        raise CropSetError(f"{key}: {field!r} has {count} points of shape {pts.shape[1:] or '()'}, "
+                           f"expected {_N} [x, y]")
     if not np.isfinite(pts).all():
         raise CropSetError(f"{key}: {field!r} has non-finite coordinates")
     return pts

@@ -32,10 +32,10 @@ from ..transforms import (
     LocalContrast,
     LocalContrastd,
     PercentileNormalised,
-    RecordAffined,
     RandCutoutd,
     RandKneelIntensityd,
     RandLandmarkWarpd,
+    RecordAffined,
     ResampleToSpacingd,
     SplitHalvesd,
 )

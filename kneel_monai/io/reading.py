@@ -71,14 +71,16 @@ class ReadLimits:
     def check_pixels(self, path: Path, shape: tuple[int, int], channels: int = 1) -> None:
         n = int(shape[0]) * int(shape[1]) * max(int(channels), 1)
         if n > self.max_pixels:
-            raise RadiographReadError(path, f"{shape[0]} × {shape[1]} pixels{f' × {channels} channels' if channels > 1 else ''}"
+            layers = f" × {channels} channels" if channels > 1 else ""
+            raise RadiographReadError(path, f"{shape[0]} × {shape[1]} pixels{layers}"
                                             f" ({n / 1e6:.0f} megapixels) is more than a knee radiograph holds (limit "
                                             f"{self.max_pixels / 1e6:g}; --max-megapixels raises it); not decoded")
 
     def check_geometry(self, path: Path, shape: tuple[int, int], spacing: tuple[float, float]) -> None:
         lo, hi = self.spacing_range_mm
         if not (lo <= min(spacing) and max(spacing) <= hi):
-            raise RadiographReadError(path, f"pixel spacing {spacing[0]:g} × {spacing[1]:g} mm is outside {lo:g}–{hi:g} "
+            raise RadiographReadError(path,
+                                      f"pixel spacing {spacing[0]:g} × {spacing[1]:g} mm is outside {lo:g}–{hi:g} "
                                             "mm, not a radiograph's (a wrong unit or a typo?)")
         field = max(shape[0] * spacing[0], shape[1] * spacing[1])
         if field > self.max_field_mm:

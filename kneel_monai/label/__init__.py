@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..landmarks import LANDMARKS, NUM_LANDMARKS
 from ..io.markups import KNEE_NAMES, lps_to_pixels
+from ..landmarks import LANDMARKS, NUM_LANDMARKS
 
 __all__ = ["LabelError", "ParsedLabel", "check_id", "parse_label", "label_to_pixels", "label_to_ground_truth",
            "epistemic_score", "LABEL_EXT"]
@@ -87,7 +87,8 @@ def _points(markup: dict[str, Any], where: str) -> np.ndarray:
         try:
             lps[index] = pos
         except (OverflowError, ValueError):  # an integer of hundreds of digits is no coordinate
-            raise LabelError(f"{where}: control point {cp.get('label', order)!r}: coordinates out of range", 422) from None
+            raise LabelError(f"{where}: control point {cp.get('label', order)!r}: coordinates out of range",
+                             422) from None
     if not np.isfinite(lps).all():
         raise LabelError(f"{where}: non-finite coordinates", 422)
     system = markup.get("coordinateSystem", "LPS")

@@ -33,7 +33,8 @@ from .datastore import http_error, image_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODEL_NAME", "ModelStore", "check_training_starts", "KneelInferTask", "KneelTrainTask", "KneelEpistemicScoring",
+__all__ = ["MODEL_NAME", "ModelStore", "check_training_starts", "KneelInferTask", "KneelTrainTask",
+           "KneelEpistemicScoring",
            "KneelEpistemicStrategy"]
 
 MODEL_NAME = "kneel_landmarks"

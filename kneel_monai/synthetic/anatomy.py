@@ -151,7 +151,8 @@ def _lerp(a, b, t):
 
 def _density_blobs(rng, n, x_range, y_range, amp=0.14, size=(5.0, 14.0)):
     """Smooth random density variation: a multiplier field made of ``n`` Gaussian blobs."""
-    blobs = [(rng.uniform(*x_range), rng.uniform(*y_range), rng.uniform(*size), rng.uniform(-amp, amp)) for _ in range(n)]
+    blobs = [(rng.uniform(*x_range), rng.uniform(*y_range), rng.uniform(*size), rng.uniform(-amp,
+                                                                                            amp)) for _ in range(n)]
 
     def field(x, y):
         m = np.ones_like(x)
@@ -350,7 +351,8 @@ def _tibia(T, W, ost, scl_lat, scl_med, kl, rng, params) -> Bone:
         c = c + near_joint * (0.3 + 0.9 * side) * np.exp(-np.maximum(d - 1.0, 0) / 2.0)
         mu = MU_TRABECULAR * _ramp(y, y_meta - 15, y_meta + 35, 1.0, 0.12)
         mu = mu * (1.0 + near_joint * 1.9 * side * np.exp(-np.maximum(d - 1.0, 0) / 5.0))
-        mu = mu * (1.0 + scar_amp * np.exp(-(((y - scar_y + 0.05 * np.abs(x - T[4, 0]) - 1.2 * np.sin(x / 9.0)) / 1.2) ** 2)))
+        scar_line = y - scar_y + 0.05 * np.abs(x - T[4, 0]) - 1.2 * np.sin(x / 9.0)
+        mu = mu * (1.0 + scar_amp * np.exp(-((scar_line / 1.2) ** 2)))
         for xa, xb, drop, amp, bow in rims:
             t = np.clip((x - xa) / (xb - xa), 0.0, 1.0)
             arc = yb + drop + bow * 4.0 * t * (1.0 - t)
@@ -361,7 +363,8 @@ def _tibia(T, W, ost, scl_lat, scl_med, kl, rng, params) -> Bone:
         mu = mu * blobs(x, y) * (1.0 - meta_amp * np.exp(-(((y - meta_y) / 14.0) ** 2 + ((x - T[4, 0]) / 16.0) ** 2)))
         for cx, cy, rx, ry in cysts:
             r2 = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
-            mu = mu * (1.0 - 0.45 * np.exp(-(r2**2))) + MU_TRABECULAR * 0.35 * np.exp(-(((np.sqrt(r2) - 1.15) / 0.35) ** 2))
+            rim = np.exp(-(((np.sqrt(r2) - 1.15) / 0.35) ** 2))
+            mu = mu * (1.0 - 0.45 * np.exp(-(r2**2))) + MU_TRABECULAR * 0.35 * rim
         tex = _ramp(y, y_meta - 15, y_meta + 35, 1.0, 0.15)
         return {"depth": D, "radius": R, "cortex": c, "mu_inner": mu, "texture": tex}
 
@@ -474,7 +477,9 @@ def _soft_tissue(T, F, W, rng, params) -> LegSoftTissue:
         knee_hw * u(0.95, 1.02), knee_hw * u(1.0, 1.12), knee_hw * 0.8, knee_hw * 0.7,
     ])
     # thigh centre sits medial (+x) of the laterally inclined femur; knee slightly medial of the joint
-    centre = np.array([-40.0, u(-20.0, -5.0), u(-6.0, 4.0), u(0.0, 6.0), u(0.0, 5.0), u(-4.0, 4.0), u(-8.0, 2.0), -10.0])
+    centre = np.array([-40.0, u(-20.0, -5.0), u(-6.0, 4.0), u(0.0, 6.0), u(0.0, 5.0), u(-4.0, 4.0), u(-8.0, 2.0),
+                       -10.0])
     fat = np.array([15.0, 14.0, 11.0, 7.0, 7.0, 9.0, 8.0, 6.0]) * bmi**2 * u(0.6, 1.3)
     params["soft_tissue"] = {"habitus": round(float(bmi), 3), "knee_half_width_mm": round(float(knee_hw), 2)}
-    return LegSoftTissue(y_knots=y, centre=centre, half_width=hw, fat=np.minimum(fat, hw * 0.4), depth_ratio=u(0.88, 1.02))
+    return LegSoftTissue(y_knots=y, centre=centre, half_width=hw, fat=np.minimum(fat, hw * 0.4), depth_ratio=u(0.88,
+                                                                                                               1.02))

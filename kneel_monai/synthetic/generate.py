@@ -119,7 +119,8 @@ def _render_settings(rng: np.random.Generator, h_mm: float, w_mm: float, lm_mm: 
     )
     # collimation: some sides show the shutters' edge; they never reach the knees
     pts = np.vstack(list(lm_mm.values()))
-    room = (pts[:, 1].min() - 60.0, h_mm - pts[:, 1].max() - 60.0, pts[:, 0].min() - 55.0, w_mm - pts[:, 0].max() - 55.0)
+    room = (pts[:, 1].min() - 60.0, h_mm - pts[:, 1].max() - 60.0, pts[:, 0].min() - 55.0, w_mm - pts[:,
+                                                                                                      0].max() - 55.0)
     coll = []
     for r in room:
         coll.append(float(u(3.0, min(35.0, r))) if (r > 5.0 and rng.random() < 0.55) else 0.0)
@@ -228,7 +229,8 @@ def generate_radiograph(
         anatomy = build_knee_anatomy(shape, kls[side], srng)
         dy, angle = layout_draws[side]
         cx = pair_x - sep / 2 if side == "R" else pair_x + sep / 2
-        pose = KneePose(centre_mm=(float(cx), float(joint_y + dy)), angle_rad=float(angle), mirror=1 if side == "R" else -1)
+        pose = KneePose(centre_mm=(float(cx), float(joint_y + dy)), angle_rad=float(angle),
+                        mirror=1 if side == "R" else -1)
         pts = pose.to_image(shape)
         # keep every landmark ≥ 15 mm inside the image (narrow fields)
         shift = np.zeros(2)
@@ -279,7 +281,8 @@ def generate_radiograph(
 # --- ground truth and writers --------------------------------------------------------------
 
 
-def ground_truth_dict(sample: SyntheticRadiograph, image_name: str | None = None, *, include_params: bool = True) -> dict:
+def ground_truth_dict(sample: SyntheticRadiograph, image_name: str | None = None, *,
+                      include_params: bool = True) -> dict:
     """The ground-truth JSON object of ``sample`` (format ``kneel-monai/ground-truth`` v1).
 
     ``image_name``: the image file's name (relative to the JSON's folder).

@@ -56,7 +56,8 @@ def contact_sheet(samples: list[SyntheticRadiograph], path: str | os.PathLike, *
                     draw_landmarks(tile, s.knees[side]["landmarks_px"], scale=scale, radius=1.6)
         label = ", ".join(f"{side}: KL{s.knees[side]['kl']}" if s.knees.get(side) else f"{side}: absent"
                           for side in ("R", "L"))
-        ImageDraw.Draw(tile).text((6, tile.height - 16), f"seed {s.seed} | {H}x{W} @ {s.pixel_spacing_mm[0]:.3g} mm | {label}",
+        ImageDraw.Draw(tile).text((6, tile.height - 16),
+                                  f"seed {s.seed} | {H}x{W} @ {s.pixel_spacing_mm[0]:.3g} mm | {label}",
                                   fill=(255, 200, 0))
         tiles.append(tile)
     rows = (len(tiles) + columns - 1) // columns

@@ -92,7 +92,8 @@ def read_landmark_csv(path: str | os.PathLike | None = None) -> tuple[np.ndarray
 
 
 def rotate_shape(shape: np.ndarray, angle_rad: float | np.ndarray) -> np.ndarray:
-    """Rotate ``(..., 16, 2)`` shapes about the origin by ``angle`` (image axes, y down: positive = clockwise on screen)."""
+    """Rotate ``(..., 16, 2)`` shapes about the origin by ``angle`` (image axes, y down: positive = clockwise on
+    screen)."""
     angle = np.asarray(angle_rad, dtype=np.float64)[..., None]
     c, s = np.cos(angle), np.sin(angle)
     x, y = shape[..., 0], shape[..., 1]

@@ -30,6 +30,7 @@ import torch
 
 from ..atomic import atomic_write, atomic_write_text
 from ..data.datalists import read_datalist, split_folds
+from ..inference import resolve_device
 from ..landmarks import NUM_LANDMARKS
 from ..metrics import (
     DEFAULT_RADII,
@@ -47,7 +48,6 @@ from ..metrics import (
 from ..model_io import KneelModel, load_model
 from ..transforms import points_between
 from ..transforms.array import pixel_spacing
-from ..inference import resolve_device
 from .stages import StageConfig, stage_config, stage_transforms
 
 __all__ = ["SUBSET_TITLES", "stage_of_model", "evaluate_model", "model_errors", "evaluate_pipeline",
@@ -186,7 +186,8 @@ def model_errors(model_dir: str | os.PathLike, datalist: str | os.PathLike, fold
         for (sample, truth, record), c in zip(pending, coords):
             pred_crop = c * np.array([w, h]) - offset
             pred = points_between(pred_crop, sample["image"].affine, sample["image_original_affine"])
-            spacing = np.array(pixel_spacing(torch.as_tensor(sample["image_original_affine"], dtype=torch.float64))[::-1])  # (x, y)
+            spacing = np.array(pixel_spacing(torch.as_tensor(sample["image_original_affine"],
+                                                             dtype=torch.float64))[::-1])  # (x, y)
             errors.append(landmark_errors_mm(pred[None], truth[None], spacing[None])[0])
             records.append(record)
         pending.clear()

@@ -20,7 +20,8 @@ from ..data.datalists import read_datalist, split_folds
 from ..data.pipelines import landmark_stage_transforms, roi_stage_transforms
 from ..model_io import save_model
 
-__all__ = ["StageConfig", "STAGES", "stage_config", "stage_transforms", "stage_datasets", "stage_loaders", "export_stage_model"]
+__all__ = ["StageConfig", "STAGES", "stage_config", "stage_transforms", "stage_datasets", "stage_loaders",
+           "export_stage_model"]
 
 
 @dataclass(frozen=True)

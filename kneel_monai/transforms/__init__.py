@@ -3,9 +3,17 @@
 See :mod:`kneel_monai.transforms.points` for the conventions.
 """
 
-from .augment import RandCutoutd, RandKneelIntensityd, RandLandmarkWarpd, RandTargetJitterd, warp_image
 from .array import CropRoi, ResampleToSpacing, SplitHalves, roi_size_px
-from .dictionary import SIDES, CropRoid, FollowAffined, RecordAffined, RandFlipLandmarksd, ResampleToSpacingd, SplitHalvesd
+from .augment import RandCutoutd, RandKneelIntensityd, RandLandmarkWarpd, RandTargetJitterd, warp_image
+from .dictionary import (
+    SIDES,
+    CropRoid,
+    FollowAffined,
+    RandFlipLandmarksd,
+    RecordAffined,
+    ResampleToSpacingd,
+    SplitHalvesd,
+)
 from .intensity import LocalContrast, LocalContrastd, PercentileNormalise, PercentileNormalised
 from .mixup import MixupBatch, mixup_loss
 from .points import affine_of, index_to_xy, points_between, points_to_mm, transform_points, xy_to_index

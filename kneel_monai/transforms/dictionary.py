@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, RandFlipd
+from monai.transforms import MapTransform, RandFlipd, Randomizable
 
 from ..landmarks import NUM_LANDMARKS, flip_landmark_ids
 from .array import CropRoi, ResampleToSpacing, SplitHalves
 from .points import affine_of, points_between
 
-__all__ = ["RecordAffined", "FollowAffined", "ResampleToSpacingd", "CropRoid", "SplitHalvesd", "RandFlipLandmarksd", "SIDES"]
+__all__ = ["RecordAffined", "FollowAffined", "ResampleToSpacingd", "CropRoid", "SplitHalvesd", "RandFlipLandmarksd",
+           "SIDES"]
 
 #: Knee sides in the order of the image halves: the image's left half is the patient's right knee.
 SIDES = ("R", "L")
@@ -194,7 +195,8 @@ class RandFlipLandmarksd(Randomizable, MapTransform):
     Built on MONAI's ``RandFlipd`` (columns axis); points with other than 16 rows are only mirrored.
     """
 
-    def __init__(self, image_key: str = "image", point_keys: KeysCollection = ("landmarks",), prob: float = 0.5) -> None:
+    def __init__(self, image_key: str = "image", point_keys: KeysCollection = ("landmarks",),
+                 prob: float = 0.5) -> None:
         MapTransform.__init__(self, [image_key])
         self.image_key = image_key
         self.point_keys = [point_keys] if isinstance(point_keys, str) else list(point_keys)

@@ -1,4 +1,5 @@
-"""Intensity normalisation of method.md §2 (clip to the 5th–99th percentile, scale to [0, 1]) and local contrast (CLAHE)."""
+"""Intensity normalisation of method.md §2 (clip to the 5th–99th percentile, scale to [0, 1]) and local
+contrast (CLAHE)."""
 
 from __future__ import annotations
 

@@ -79,7 +79,8 @@ def mismatched_requirements(requirements: list[str]) -> list[str]:
     for text in requirements:
         requirement = Requirement(text)
         version = _installed_version(requirement.name)
-        if version is not None and requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
+        if version is not None and requirement.specifier and not requirement.specifier.contains(version,
+                                                                                                prereleases=True):
             out.append(f"{requirement.name} {version} (wanted {requirement.specifier})")
     return out
 

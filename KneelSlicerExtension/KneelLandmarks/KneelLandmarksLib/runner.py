@@ -32,7 +32,8 @@ RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 
 
 #: runs ``kneel_monai.cli`` from a source folder given as the first argument (a copy not pip-installed)
-_FROM_SOURCE = "import sys; sys.path.insert(0, sys.argv.pop(1)); from kneel_monai.cli import main; sys.exit(main(sys.argv[1:]))"
+_FROM_SOURCE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from kneel_monai.cli import main; "
+                "sys.exit(main(sys.argv[1:]))")
 
 
 def predict_command(python: str, input_file: str | os.PathLike, out_dir: str | os.PathLike, device: str = "auto",

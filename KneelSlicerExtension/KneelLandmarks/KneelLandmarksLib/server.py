@@ -135,7 +135,8 @@ class LabelServer:
         return prediction
 
     def submit(self, image_id: str, prediction: dict[str, Any], tag: str = "final") -> dict[str, Any]:
-        """Store the landmarks as edited (a prediction dict, e.g. ``LandmarksLogic.edited_prediction``) as the image's label."""
+        """Store the landmarks as edited (a prediction dict, e.g. ``LandmarksLogic.edited_prediction``) as the
+        image's label."""
         from kneel_monai.inference import RadiographResult
         from kneel_monai.io.markups import write_markups
 
