@@ -531,9 +531,9 @@ class KneelPredictor:
             measured = knee_measurements(mm)
             quality, reasons = assess_knee(k.confidence, measured, spread.get(side), self.quality, k.shape_distance)
             if sources[side] == "anatomy_uncertain":
-                quality, reasons = "check",
-                reasons + ["side uncertain: the anatomy does not clearly say left or right; "
-                                                       "give the side (single_knee_side) or check it"]
+                quality = "check"
+                reasons = reasons + ["side uncertain: the anatomy does not clearly say left or right; "
+                                     "give the side (single_knee_side) or check it"]
             knees[side] = KneeResult(side, True, pts, mm, k.confidence, pts[KNEE_CENTRE_ID].copy(),
                                      measurements=measured, quality=quality, quality_reasons=reasons,
                                      spread_mm=spread.get(side), shape_distance=k.shape_distance,
