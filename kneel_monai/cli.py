@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from .landmarks import SIDES
+
 __all__ = ["main", "build_parser"]
 
 
@@ -248,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pixel spacing (one value, or row col) for files without one, e.g. PNG; overrides files'")
     pred.add_argument("--min-confidence", type=float, default=0.25,
                       help="a knee whose mean landmark confidence is below this is reported absent (default 0.25)")
-    pred.add_argument("--single-knee-side", choices=("R", "L"),
+    pred.add_argument("--single-knee-side", choices=SIDES,
                       help="side of a lone centred knee when neither its DICOM laterality nor its anatomy decides "
                       "(default: the anatomy's guess, flagged check)")
     pred.add_argument("--workers", type=int, default=None,

@@ -2,7 +2,7 @@
 
 One API for every face (CLI, bundle, Slicer, MONAI Label)::
 
-    predictor = KneelPredictor.from_dirs(roi_model_dir, landmark_model_dir, device="cpu")
+    predictor = KneelPredictor(roi_model_dir, landmark_model_dir, device="cpu")
     result = predictor.predict_file("knee.dcm")          # RadiographResult
     result.knees["R"].landmarks_px                         # (16, 2) (x, y) original pixels
 
@@ -34,7 +34,7 @@ from .detection import (
     zoomed,
 )
 from .io import read_radiograph
-from .landmarks import KNEE_CENTRE_ID
+from .landmarks import KNEE_CENTRE_ID, SIDES
 from .measurements import knee_measurements
 from .model_io import KneelModel, ModelFormatError, load_model
 from .networks import prepare_for_inference
@@ -50,7 +50,6 @@ from .transforms import (
     points_to_mm,
 )
 from .transforms.array import pixel_spacing
-from .transforms.dictionary import SIDES
 
 __all__ = ["KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device",
            "default_model_dirs", "resolve_model_dirs"]
@@ -222,10 +221,6 @@ class KneelPredictor:
         self._roi_crop = CropRoi(size_mm=float(lp.get("roi_size_mm", 140.0)), spacing_mm=float(lp["spacing_mm"]))
         self._normalise = PercentileNormalise(5, 99)
         self._local_contrast = LocalContrast.from_preprocessing(lp.get("local_contrast"))
-
-    @classmethod
-    def from_dirs(cls, roi_dir: str | os.PathLike, landmark_dir: str | os.PathLike, **kwargs: Any) -> KneelPredictor:
-        return cls(roi_dir, landmark_dir, **kwargs)
 
     # ---- network input and output
     @torch.inference_mode()

@@ -24,7 +24,7 @@ __all__ = [
     "TIBIA_IDS",
     "FEMUR_IDS",
     "KNEE_CENTRE_ID",
-    "FEMUR_CENTRE_ID",
+    "SIDES",
     "MODEL_SELECTION_SUBSET",
     "TEST_SUBSET",
     "BONE_COLOURS",
@@ -39,8 +39,9 @@ FEMUR_IDS: tuple[int, ...] = tuple(range(9, 16))
 
 #: Landmark 4 (tibial centre) is the knee-joint centre; ROIs are centred on it.
 KNEE_CENTRE_ID = 4
-#: Landmark 12 is the femoral notch centre.
-FEMUR_CENTRE_ID = 12
+#: The knees of a radiograph, the patient's right first (on a bilateral film the image's left half,
+#: radiological convention); every side key in the project ("R"/"L") is one of these.
+SIDES: tuple[str, str] = ("R", "L")
 
 #: Subset used for model selection in cross-validation (method.md §1, §5).
 MODEL_SELECTION_SUBSET: tuple[int, ...] = (0, 8, 9, 15)

@@ -410,3 +410,11 @@ def test_the_library_imports_without_kneel_monai_or_torch():
             "print(sorted(m for m in ('kneel_monai', 'torch', 'monai', 'qt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_module_names_the_sides_as_the_library_does():
+    from KneelLandmarksLib import logic
+
+    from kneel_monai.landmarks import SIDES
+
+    assert logic._SIDES == SIDES  # a copy only because Slicer loads the module before kneel_monai is installed

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_text
 from ..io import RadiographReadError, read_radiograph
-from ..landmarks import KNEE_CENTRE_ID
+from ..landmarks import KNEE_CENTRE_ID, SIDES
 from .folds import patient_folds
-from .ground_truth import SIDES, GroundTruthError, is_ground_truth_file, read_ground_truth
+from .ground_truth import GroundTruthError, is_ground_truth_file, read_ground_truth
 
 __all__ = ["DATALIST_FORMAT", "Datalists", "build_datalists", "write_datalist", "read_datalist", "split_folds"]
 

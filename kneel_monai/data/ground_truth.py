@@ -26,13 +26,12 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text
-from ..landmarks import NUM_LANDMARKS
+from ..landmarks import NUM_LANDMARKS, SIDES
 
 __all__ = ["GT_FORMAT", "GroundTruthError", "KneeTruth", "GroundTruth", "read_ground_truth", "write_ground_truth",
            "is_ground_truth_file"]
 
 GT_FORMAT = "kneel-monai/ground-truth"
-SIDES = ("R", "L")
 
 
 class GroundTruthError(ValueError):

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..io import RadiographReadError, describe_radiograph
+from ..landmarks import SIDES
 from .datalists import Datalists, build_datalists
 from .ground_truth import GroundTruth, KneeTruth, write_ground_truth
 
@@ -178,7 +179,7 @@ def build_oai_dataset(oai_dir: str | os.PathLike, csv_path: str | os.PathLike, o
         entry["knees"][row.side] = KneeTruth(points, row.kl)
     for path, entry in tqdm(sorted(per_image.items()), desc="writing ground truth", disable=not progress):
         info = entry["info"]
-        gt = GroundTruth(None, Path(path), {s: entry["knees"].get(s) for s in ("R", "L")}, entry["subject"],
+        gt = GroundTruth(None, Path(path), {s: entry["knees"].get(s) for s in SIDES}, entry["subject"],
                          pixel_spacing_mm=None, image_size=tuple(info["shape"]),
                          extra={"source": "OAI + KNEEL annotations", "spacing_source": info["spacing_source"]})
         report.written.append(write_ground_truth(gt, out_dir / f"{entry['subject']}_{Path(path).stem}.json"))

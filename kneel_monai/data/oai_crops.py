@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text
+from ..landmarks import SIDES
 from ..similarity import apply_similarity, fit_similarity, robust_similarity, similarity_angle_deg, similarity_scale
 from .folds import patient_folds
 
@@ -108,7 +109,7 @@ def read_crop_reference(folder: str | os.PathLike, reference: str = "reference.j
             if not isinstance(rec, dict):
                 raise CropSetError(f"{key}: not an object")
             side = str(rec.get("side", "")).upper()
-            if side not in ("R", "L"):
+            if side not in SIDES:
                 raise CropSetError(f"{key}: side must be 'R' or 'L', got {rec.get('side')!r}")
             image = folder / f"{key}.png"
             if not image.is_file():

@@ -26,6 +26,7 @@ from monai.transforms import (
 )
 
 from ..io import LoadRadiographd
+from ..landmarks import SIDES
 from ..transforms import (
     CropRoid,
     FollowAffined,
@@ -39,7 +40,6 @@ from ..transforms import (
     ResampleToSpacingd,
     SplitHalvesd,
 )
-from .ground_truth import SIDES
 
 __all__ = ["PointsFromItemd", "PointsToTargetd", "BatchReadyd", "roi_stage_transforms", "landmark_stage_transforms"]
 

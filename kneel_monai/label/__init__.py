@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..io.markups import KNEE_NAMES, lps_to_pixels
-from ..landmarks import LANDMARKS, NUM_LANDMARKS
+from ..landmarks import LANDMARKS, NUM_LANDMARKS, SIDES
 
 __all__ = ["LabelError", "ParsedLabel", "check_id", "parse_label", "label_to_pixels", "label_to_ground_truth",
            "epistemic_score", "LABEL_EXT"]
@@ -143,14 +143,14 @@ def parse_label(content: bytes | str | dict[str, Any]) -> ParsedLabel:
         if out[side] is not None:
             raise LabelError(f"{name} appears twice", 422)
         out[side] = _points(markup, str(name))
-    missing = [s for s in ("R", "L") if out[s] is None and s not in absent]
+    missing = [s for s in SIDES if out[s] is None and s not in absent]
     if len(missing) == 2:
         raise LabelError("label holds no knee: give 16 points for each knee, or list an absent knee in "
                          "kneel.absent_knees", 422)
     if missing:
         raise LabelError(f"label has only one knee: the {KNEE_NAMES[missing[0]]} has no markup and is not marked "
                          f"absent (add its {NUM_LANDMARKS} points, or list it in kneel.absent_knees)", 422)
-    out.absent = {s: str(absent[s]) for s in ("R", "L") if out[s] is None}
+    out.absent = {s: str(absent[s]) for s in SIDES if out[s] is None}
     stored = kneel.get("pixel_spacing_mm")
     out.spacing = None
     if stored is not None:
@@ -173,7 +173,7 @@ def label_to_pixels(label: ParsedLabel, spacing_mm: tuple[float, float], image_s
         raise LabelError(f"label was made on a {label.spacing} mm grid but the image's pixel spacing is "
                          f"{spacing} mm (a label for another image?)", 422)
     out: dict[str, np.ndarray | None] = {}
-    for side in ("R", "L"):
+    for side in SIDES:
         lps = label.get(side)
         if lps is None:
             out[side] = None
@@ -203,7 +203,7 @@ def label_to_ground_truth(label_path: str | Path, image_path: str | Path, subjec
     label = parse_label(Path(label_path).read_bytes())
     px = label_to_pixels(label, spacing, size)
     gt = GroundTruth(path=Path(out_path), image=Path(image_path).resolve(), subject_id=subject_id,
-                     knees={s: None if px[s] is None else KneeTruth(px[s]) for s in ("R", "L")},
+                     knees={s: None if px[s] is None else KneeTruth(px[s]) for s in SIDES},
                      pixel_spacing_mm=spacing, image_size=size, extra={"source": "monai-label final label"})
     return write_ground_truth(gt, out_path)
 

@@ -33,6 +33,7 @@ from monailabel.datastore.local import (
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..atomic import atomic_write, atomic_write_text
+from ..landmarks import SIDES
 from . import LABEL_EXT, LabelError, check_id, label_to_pixels, parse_label
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ class LockedIndex:
         spacing = tuple(float(v) for v in image.meta["pixel_spacing_mm"])
         size = tuple(int(v) for v in image.shape[-2:])
         px = label_to_pixels(label, spacing, size)
-        return {"knees": [s for s in ("R", "L") if px[s] is not None], "absent_knees": label.absent,
+        return {"knees": [s for s in SIDES if px[s] is not None], "absent_knees": label.absent,
                 "pixel_spacing_mm": list(spacing), "image_size": list(size)}
 
     def _checked_label(self, image_id: str, label_filename: str, label_tag: str) -> tuple[str, dict[str, Any]]:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write
+from ..landmarks import SIDES
 from .anatomy import build_knee_anatomy
 from .render import KneePose, RenderSettings, render_radiograph
 from .shape_model import ShapeModel, load_shape_model, sample_knee_shape
@@ -43,7 +44,6 @@ __all__ = [
 
 GT_FORMAT = "kneel-monai/ground-truth"
 DATASET_FORMAT = "kneel-monai/synthetic-dataset"
-SIDES = ("R", "L")
 #: detector pitches of common DR/CR systems (mm); one is drawn when no spacing is given
 SPACINGS_MM = (0.139, 0.1397, 0.143, 0.144, 0.148, 0.15, 0.16, 0.168, 0.175, 0.2)
 _MIN_SIDE_PX, _MAX_SIDE_PX = 2000, 2900

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..landmarks import BONE_COLOURS, bone_of
+from ..landmarks import BONE_COLOURS, SIDES, bone_of
 from .generate import SyntheticRadiograph, generate_radiograph
 
 __all__ = ["to_rgb", "draw_landmarks", "contact_sheet", "knee_closeup", "write_doc_pictures"]
@@ -51,11 +51,11 @@ def contact_sheet(samples: list[SyntheticRadiograph], path: str | os.PathLike, *
         scale = tile_width / W
         tile = to_rgb(s.image, (tile_width, int(round(H * scale))))
         if k in overlay:
-            for side in ("R", "L"):
+            for side in SIDES:
                 if s.knees.get(side) is not None:
                     draw_landmarks(tile, s.knees[side]["landmarks_px"], scale=scale, radius=1.6)
         label = ", ".join(f"{side}: KL{s.knees[side]['kl']}" if s.knees.get(side) else f"{side}: absent"
-                          for side in ("R", "L"))
+                          for side in SIDES)
         ImageDraw.Draw(tile).text((6, tile.height - 16),
                                   f"seed {s.seed} | {H}x{W} @ {s.pixel_spacing_mm[0]:.3g} mm | {label}",
                                   fill=(255, 200, 0))

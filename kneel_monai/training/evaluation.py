@@ -31,7 +31,7 @@ import torch
 from ..atomic import atomic_write, atomic_write_text
 from ..data.datalists import read_datalist, split_folds
 from ..inference import resolve_device
-from ..landmarks import NUM_LANDMARKS
+from ..landmarks import NUM_LANDMARKS, SIDES
 from ..metrics import (
     DEFAULT_RADII,
     KL_GRADES,
@@ -55,7 +55,6 @@ __all__ = ["SUBSET_TITLES", "stage_of_model", "evaluate_model", "model_errors", 
 
 SUBSET_TITLES = {"model_selection": "model selection subset (0, 8, 9, 15)",
                  "test": "test subset (0, 4, 8, 9, 12, 15)"}
-_SIDES = ("R", "L")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +273,7 @@ def evaluate_pipeline(predictor: Any, datalist: str | os.PathLike, output_dir: s
         except Exception as err:  # noqa: BLE001 — report it, count its knees as missed, go on
             failed.append({"image": image, "error": str(err)})
             result = None
-        for side in _SIDES:
+        for side in SIDES:
             ref = reference.get(side)
             knee = None if result is None else result.knees.get(side)
             present = knee is not None and knee.present

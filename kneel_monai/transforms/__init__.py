@@ -6,7 +6,6 @@ See :mod:`kneel_monai.transforms.points` for the conventions.
 from .array import CropRoi, ResampleToSpacing, SplitHalves, roi_size_px
 from .augment import RandCutoutd, RandKneelIntensityd, RandLandmarkWarpd, RandTargetJitterd, warp_image
 from .dictionary import (
-    SIDES,
     CropRoid,
     FollowAffined,
     RandFlipLandmarksd,
@@ -34,7 +33,6 @@ __all__ = [
     "ResampleToSpacing",
     "SplitHalves",
     "roi_size_px",
-    "SIDES",
     "CropRoid",
     "FollowAffined",
     "RecordAffined",

@@ -16,15 +16,13 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandFlipd, Randomizable
 
-from ..landmarks import NUM_LANDMARKS, flip_landmark_ids
+from ..landmarks import NUM_LANDMARKS, SIDES, flip_landmark_ids
 from .array import CropRoi, ResampleToSpacing, SplitHalves
 from .points import affine_of, points_between
 
-__all__ = ["RecordAffined", "FollowAffined", "ResampleToSpacingd", "CropRoid", "SplitHalvesd", "RandFlipLandmarksd",
-           "SIDES"]
+__all__ = ["RecordAffined", "FollowAffined", "ResampleToSpacingd", "CropRoid", "SplitHalvesd", "RandFlipLandmarksd"]
 
 #: Knee sides in the order of the image halves: the image's left half is the patient's right knee.
-SIDES = ("R", "L")
 
 
 def _move_points(d: dict, point_keys: Sequence[Hashable], before: torch.Tensor, after: torch.Tensor,

@@ -14,7 +14,7 @@ import numpy as np
 import vtk
 
 __all__ = [
-    "ijk_to_ras_matrix", "numpy_matrix", "pixels_to_ras", "ras_to_ijk_matrix", "ras_to_pixels",
+    "ijk_to_ras_matrix", "numpy_matrix", "pixels_to_ras", "ras_to_pixels",
     "volume_spacing_row_col", "vtk_matrix",
 ]
 
@@ -37,12 +37,6 @@ def ijk_to_ras_matrix(volume_node) -> np.ndarray:
     """The volume's ``(4, 4)`` IJK→RAS matrix (its own geometry; a parent transform is not applied)."""
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
-    return numpy_matrix(matrix)
-
-
-def ras_to_ijk_matrix(volume_node) -> np.ndarray:
-    matrix = vtk.vtkMatrix4x4()
-    volume_node.GetRASToIJKMatrix(matrix)
     return numpy_matrix(matrix)
 
 

@@ -39,7 +39,7 @@ __all__ = [
 #: device choices: "auto" runs on the GPU when PyTorch sees one
 DEVICES = ("auto", "cpu", "cuda")
 SPACING_ATTRIBUTE = "KneelLandmarks.loadedSpacing"  # on a volume whose spacing was corrected: what Slicer loaded
-_SIDES = ("R", "L")
+_SIDES = ("R", "L")  # kneel_monai.landmarks.SIDES (not imported here: Slicer loads this before kneel_monai exists)
 _MOVED_PX = 1e-3  # a point further than this from its prediction counts as edited
 
 

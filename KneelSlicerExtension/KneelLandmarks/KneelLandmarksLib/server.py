@@ -148,6 +148,3 @@ class LabelServer:
         """Start the app's training on the labelled radiographs."""
         return self._call("Starting training", self.client.train_start, self.model, params or {})
 
-    def training(self) -> dict[str, Any]:
-        """The server's training status (``GET /train``)."""
-        return self._call("Reading the training status", self.client.train_status)
