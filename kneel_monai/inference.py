@@ -219,7 +219,12 @@ class KneelPredictor:
         self._lm_nets = [prep(n) for n in self.landmarks.networks[used]]
         lp = self.landmarks.preprocessing
         self._roi_crop = CropRoi(size_mm=float(lp.get("roi_size_mm", 140.0)), spacing_mm=float(lp["spacing_mm"]))
-        self._normalise = PercentileNormalise(5, 99)
+        # the [0, 1] scaling both models were trained with, read from their model.json
+        self._normalise = PercentileNormalise.from_preprocessing(lp.get("intensity"))
+        roi_scaling = PercentileNormalise.from_preprocessing(self.roi.preprocessing.get("intensity"))
+        if (roi_scaling.lower, roi_scaling.upper) != (self._normalise.lower, self._normalise.upper):
+            raise ValueError(f"the ROI model scales intensities to percentiles {roi_scaling.spec} but the landmark "
+                             f"model to {self._normalise.spec}; one radiograph is normalised once for both stages")
         self._local_contrast = LocalContrast.from_preprocessing(lp.get("local_contrast"))
 
     # ---- network input and output

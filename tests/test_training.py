@@ -86,3 +86,34 @@ def test_train_resume_transfer_export(datalists, tmp_path):
     net2.eval()
     with torch.no_grad():
         assert (model.predict(x) - net2(x)).abs().max() < 2e-3
+
+
+def test_one_stage_comparison_tolerates_float_noise_and_names_real_differences():
+    from kneel_monai.training.stages import STAGES, StageConfig
+
+    shipped = STAGES["landmarks_cpu_clahe"]
+    noisy = StageConfig.from_preprocessing("landmarks", {**shipped.preprocessing, "spacing_mm": 0.6 + 1e-12})
+    assert noisy.differences(shipped) == []  # a spacing read back from JSON is the same stage
+    other = StageConfig.from_preprocessing("landmarks", {**shipped.preprocessing, "spacing_mm": 0.3,
+                                                         "intensity": {"kind": "percentile", "lower": 1, "upper": 99}})
+    said = " ".join(other.differences(shipped))
+    assert "spacing_mm 0.3 vs 0.6" in said and "intensity percentiles" in said
+
+
+def test_the_predictor_normalises_as_the_model_files_say(tmp_path):
+    import json
+    import shutil
+
+    from kneel_monai.inference import KneelPredictor, default_model_dirs
+
+    roi, landmarks = (shutil.copytree(d, tmp_path / d.name) for d in default_model_dirs())
+    for folder in (roi, landmarks):
+        config = json.loads((folder / "model.json").read_text())
+        config["preprocessing"]["intensity"] = {"kind": "percentile", "lower": 1, "upper": 99.5}
+        (folder / "model.json").write_text(json.dumps(config))
+    predictor = KneelPredictor(roi, landmarks, device="cpu")
+    assert (predictor._normalise.lower, predictor._normalise.upper) == (0.01, 0.995)
+    config["preprocessing"]["intensity"]["lower"] = 2  # the landmark model alone differs now
+    (landmarks / "model.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="normalised once for both stages"):
+        KneelPredictor(roi, landmarks, device="cpu")

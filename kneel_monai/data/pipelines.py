@@ -122,29 +122,30 @@ def _tail(train: bool, pad: int, crop: int, cutout: float) -> list:
     return chain
 
 
-def _head() -> list:
+def _head(percentiles: tuple[float, float]) -> list:
     return [
         LoadRadiographd("image", spacing_key="spacing_mm"),
         RecordAffined("image"),  # → d["image_original_affine"], to map predictions back
         PointsFromItemd("points"),
-        PercentileNormalised("image", lower=5, upper=99),
+        PercentileNormalised("image", lower=percentiles[0], upper=percentiles[1]),
     ]
 
 
 def roi_stage_transforms(train: bool, spacing_mm: float = 1.0, pad: int = 520, crop: int = 450,
-                         cutout: float = 0.1) -> Compose:
+                         cutout: float = 0.1, percentiles: tuple[float, float] = (5.0, 99.0)) -> Compose:
     """Radiograph item → two half-image samples (patient's right knee first), knee centre as target.
 
     In training, halves without a knee are dropped (the ROI model has nothing to learn there).
     """
-    return Compose(_head() + [
+    return Compose(_head(percentiles) + [
         ResampleToSpacingd("image", spacing_mm, point_keys="points"),
         SplitHalvesd("image", point_keys="points", drop_absent=train),
     ] + _tail(train, pad, crop, cutout))
 
 
 def landmark_stage_transforms(train: bool, size_mm: float = 140.0, spacing_mm: float = 0.3, pad: int = 520,
-                              crop: int = 450, cutout: float = 0.1, local_contrast: Mapping | None = None) -> Compose:
+                              crop: int = 450, cutout: float = 0.1, local_contrast: Mapping | None = None,
+                              percentiles: tuple[float, float] = (5.0, 99.0)) -> Compose:
     """Knee item → a 140 mm ROI at 0.3 mm centred on landmark 4, left knees mirrored; 16 points as target.
 
     ``local_contrast`` (a model's ``preprocessing["local_contrast"]``, e.g. ``{"kind": "clahe",
@@ -155,4 +156,4 @@ def landmark_stage_transforms(train: bool, size_mm: float = 140.0, spacing_mm: f
     equalise = LocalContrast.from_preprocessing(local_contrast)  # validates the spec, as inference does
     if equalise is not None:
         roi.append(LocalContrastd("image", equalise.tile_mm, equalise.clip_limit))
-    return Compose(_head() + roi + _tail(train, pad, crop, cutout))
+    return Compose(_head(percentiles) + roi + _tail(train, pad, crop, cutout))

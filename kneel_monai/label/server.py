@@ -200,14 +200,16 @@ def _stage_network_args(model_dir: str | os.PathLike) -> dict[str, Any]:
 def stage_of(model_dir: str | os.PathLike) -> str:
     """The bundle's training stage that matches the model's own preprocessing: fine-tuning must keep it
     (a model trained at 0.3 mm fine-tuned at 0.6 mm would forget its input scale). LabelError (409) if none."""
-    from ..training.stages import STAGES
+    from ..training.stages import STAGES, StageConfig
 
     cfg = _model_config(model_dir)
     pre = cfg.get("preprocessing", {})
+    try:
+        model_stage = StageConfig.from_preprocessing(str(cfg.get("task")), pre)
+    except (KeyError, TypeError, ValueError):
+        model_stage = None
     for name, stage in STAGES.items():
-        if (stage.task == cfg.get("task") and stage.spacing_mm == pre.get("spacing_mm")
-                and stage.pad_size == pre.get("pad_size") and stage.crop_size == pre.get("crop_size")
-                and (stage.local_contrast_spec or None) == (pre.get("local_contrast") or None)):
+        if model_stage is not None and not model_stage.differences(stage):
             return name
     raise LabelError(f"{model_dir}: a {cfg.get('task')} model with preprocessing {pre} matches no training stage "
                      f"of the bundle ({', '.join(STAGES)}); it cannot be fine-tuned here", 409)

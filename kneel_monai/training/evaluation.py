@@ -67,25 +67,17 @@ def stage_of_model(model: KneelModel, stage: str | StageConfig | None = None) ->
     numbers, so a ``stage`` that disagrees with the model file is an error.
     """
     pre = model.preprocessing
-    derived = StageConfig(
-        task=model.task, spacing_mm=float(pre["spacing_mm"]), pad_size=int(pre["pad_size"]),
-        crop_size=int(pre["crop_size"]), roi_size_mm=float(pre.get("roi_size_mm", 140.0)),
-        out_points=int(model.networks[0].out_points),
+    derived = StageConfig.from_preprocessing(
+        model.task, pre, out_points=int(model.networks[0].out_points),
         subset="model_selection" if model.task == "landmarks" else None,
-        key_radius_mm=2.5 if model.task == "landmarks" else 10.0,
-        local_contrast=tuple(sorted((pre.get("local_contrast") or {}).items())),
-    )
+        key_radius_mm=2.5 if model.task == "landmarks" else 10.0)
     if stage is None:
         return derived
     cfg = stage_config(stage) if isinstance(stage, str) else stage
     where = f"{model.path}" if model.path is not None else "the model"
     if cfg.task != model.task:
         raise ValueError(f"{where} is a {model.task!r} model; stage {stage!r} is for {cfg.task!r} models")
-    fields = ("spacing_mm", "pad_size", "crop_size") + (("roi_size_mm",) if cfg.task == "landmarks" else ())
-    differ = [f"{f} {getattr(derived, f)} (model) vs {getattr(cfg, f)} (stage)" for f in fields
-              if not math.isclose(float(getattr(derived, f)), float(getattr(cfg, f)))]
-    if cfg.task == "landmarks" and derived.local_contrast != cfg.local_contrast:
-        differ.append(f"local contrast {derived.local_contrast_spec} (model) vs {cfg.local_contrast_spec} (stage)")
+    differ = derived.differences(cfg)  # "<field> <model's> vs <stage's>"
     if differ:
         raise ValueError(f"{where} was trained for another geometry than stage {stage!r}: {'; '.join(differ)}. "
                          "Leave the stage out to evaluate at the model's own geometry.")

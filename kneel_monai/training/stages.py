@@ -8,6 +8,7 @@ writes the trained network in the project's model format with its preprocessing.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,15 +38,41 @@ class StageConfig:
     subset: str | None = "model_selection"  # validation PCK subset
     key_radius_mm: float = 2.5
     local_contrast: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs, e.g. (("kind", "clahe"), …); () none
+    intensity_percentiles: tuple[float, float] = (5.0, 99.0)  # clip and scale to [0, 1] (method.md §2)
 
     @property
     def local_contrast_spec(self) -> dict[str, Any] | None:
         return dict(self.local_contrast) or None
 
+    @classmethod
+    def from_preprocessing(cls, task: str, pre: dict[str, Any], **kwargs: Any) -> StageConfig:
+        """The geometry a model file's ``preprocessing`` describes."""
+        intensity = pre.get("intensity") or {}
+        return cls(task=task, spacing_mm=float(pre["spacing_mm"]), pad_size=int(pre["pad_size"]),
+                   crop_size=int(pre["crop_size"]), roi_size_mm=float(pre.get("roi_size_mm", 140.0)),
+                   local_contrast=tuple(sorted((pre.get("local_contrast") or {}).items())),
+                   intensity_percentiles=(float(intensity.get("lower", 5.0)), float(intensity.get("upper", 99.0))),
+                   **kwargs)
+
+    def differences(self, other: StageConfig) -> list[str]:
+        """What the network sees differently in ``other`` (empty: the same input): the one comparison
+        of stages, used to match a model to a training stage (MONAI Label) or to check an evaluation."""
+        if self.task != other.task:
+            return [f"task {self.task} vs {other.task}"]
+        fields = ("spacing_mm", "pad_size", "crop_size") + (("roi_size_mm",) if self.task == "landmarks" else ())
+        out = [f"{f} {getattr(self, f)} vs {getattr(other, f)}" for f in fields
+               if not math.isclose(float(getattr(self, f)), float(getattr(other, f)), rel_tol=1e-9)]
+        if self.task == "landmarks" and self.local_contrast != other.local_contrast:
+            out.append(f"local contrast {self.local_contrast_spec} vs {other.local_contrast_spec}")
+        if not all(math.isclose(a, b) for a, b in zip(self.intensity_percentiles, other.intensity_percentiles)):
+            out.append(f"intensity percentiles {self.intensity_percentiles} vs {other.intensity_percentiles}")
+        return out
+
     @property
     def preprocessing(self) -> dict[str, Any]:
         pre = {"spacing_mm": self.spacing_mm, "pad_size": self.pad_size, "crop_size": self.crop_size,
-               "intensity": {"kind": "percentile", "lower": 5, "upper": 99}}
+               "intensity": {"kind": "percentile", "lower": self.intensity_percentiles[0],
+                             "upper": self.intensity_percentiles[1]}}
         if self.task == "landmarks":
             pre["roi_size_mm"] = self.roi_size_mm
         if self.local_contrast:
@@ -78,10 +105,11 @@ def stage_transforms(stage: StageConfig, train: bool, cutout: float = 0.1):
     """The stage's transform chain (training or evaluation); ``cutout``: side fraction, 0 turns it off."""
     if stage.task == "roi":
         return roi_stage_transforms(train, spacing_mm=stage.spacing_mm, pad=stage.pad_size, crop=stage.crop_size,
-                                    cutout=cutout)
+                                    cutout=cutout, percentiles=stage.intensity_percentiles)
     return landmark_stage_transforms(train, size_mm=stage.roi_size_mm, spacing_mm=stage.spacing_mm,
                                      pad=stage.pad_size, crop=stage.crop_size, cutout=cutout,
-                                     local_contrast=stage.local_contrast_spec)
+                                     local_contrast=stage.local_contrast_spec,
+                                     percentiles=stage.intensity_percentiles)
 
 
 def stage_datasets(datalist: str | os.PathLike, stage: str | StageConfig, fold: int = 0, cache: bool = True,

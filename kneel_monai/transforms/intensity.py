@@ -28,6 +28,21 @@ class PercentileNormalise(Transform):
             raise ValueError(f"need 0 <= lower < upper <= 100, got {lower}, {upper}")
         self.lower, self.upper = lower / 100, upper / 100
 
+    @classmethod
+    def from_preprocessing(cls, intensity: Mapping | None) -> PercentileNormalise:
+        """The [0, 1] scaling a model's ``preprocessing["intensity"]`` asks for: its ``lower``/``upper``
+        percentiles (5/99 when absent; a converted release model's mean/std step follows in
+        ``KneelModel.network_input``)."""
+        spec = dict(intensity or {})
+        if spec.get("kind", "percentile") not in ("percentile", "release_mean_std"):
+            raise ValueError(f"unknown intensity kind {spec.get('kind')!r}; expected 'percentile' or "
+                             "'release_mean_std'")
+        return cls(float(spec.get("lower", 5.0)), float(spec.get("upper", 99.0)))
+
+    @property
+    def spec(self) -> dict[str, float]:
+        return {"kind": "percentile", "lower": self.lower * 100, "upper": self.upper * 100}
+
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
         flat = x.float().flatten()
