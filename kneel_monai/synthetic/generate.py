@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write
+from ..data.ground_truth import GT_FORMAT, GroundTruth, KneeTruth
 from ..landmarks import SIDES
 from .anatomy import build_knee_anatomy
 from .render import KneePose, RenderSettings, render_radiograph
@@ -42,7 +43,6 @@ __all__ = [
     "DATASET_FORMAT",
 ]
 
-GT_FORMAT = "kneel-monai/ground-truth"
 DATASET_FORMAT = "kneel-monai/synthetic-dataset"
 #: detector pitches of common DR/CR systems (mm); one is drawn when no spacing is given
 SPACINGS_MM = (0.139, 0.1397, 0.143, 0.144, 0.148, 0.15, 0.16, 0.168, 0.175, 0.2)
@@ -283,31 +283,21 @@ def generate_radiograph(
 
 def ground_truth_dict(sample: SyntheticRadiograph, image_name: str | None = None, *,
                       include_params: bool = True) -> dict:
-    """The ground-truth JSON object of ``sample`` (format ``kneel-monai/ground-truth`` v1).
+    """The ground-truth JSON object of ``sample`` (:mod:`kneel_monai.data.ground_truth`'s format, written
+    by its one writer), marked synthetic with its seed (and, with ``include_params``, how it was drawn).
 
     ``image_name``: the image file's name (relative to the JSON's folder).
     """
-    knees = {}
-    for side in SIDES:
-        k = sample.knees.get(side)
-        knees[side] = None if k is None else {
-            "landmarks_px": [[float(x), float(y)] for x, y in np.asarray(k["landmarks_px"], dtype=np.float64)],
-            "kl": int(k["kl"]),
-        }
-    out: dict[str, Any] = {
-        "format": GT_FORMAT,
-        "format_version": 1,
-        "image": image_name if image_name is not None else f"synthetic_{sample.seed:06d}.dcm",
-        "subject_id": f"synthetic-{sample.seed}",
-        "synthetic": True,
-        "seed": int(sample.seed),
-        "pixel_spacing_mm": [float(sample.pixel_spacing_mm[0]), float(sample.pixel_spacing_mm[1])],
-        "image_size": [int(sample.image_size[0]), int(sample.image_size[1])],
-        "knees": knees,
-    }
+    knees = {side: None if (k := sample.knees.get(side)) is None else
+             KneeTruth(np.asarray(k["landmarks_px"], dtype=np.float64), int(k["kl"])) for side in SIDES}
+    extra: dict[str, Any] = {"synthetic": True, "seed": int(sample.seed)}
     if include_params:
-        out["generation"] = sample.params
-    return out
+        extra["generation"] = sample.params
+    truth = GroundTruth(None, Path(image_name if image_name is not None else f"synthetic_{sample.seed:06d}.dcm"),
+                        knees, f"synthetic-{sample.seed}",
+                        pixel_spacing_mm=(float(sample.pixel_spacing_mm[0]), float(sample.pixel_spacing_mm[1])),
+                        image_size=(int(sample.image_size[0]), int(sample.image_size[1])), extra=extra)
+    return truth.to_dict()
 
 
 def to_uint(image: np.ndarray, bits: int) -> np.ndarray:
