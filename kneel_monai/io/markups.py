@@ -46,7 +46,6 @@ MARKUPS_SCHEMA_URL = (
     "markups-v1.0.3-schema.json#"
 )
 KNEE_NAMES = {"R": "Right knee", "L": "Left knee"}
-_SIDE_OF_NAME = {v: k for k, v in KNEE_NAMES.items()}
 #: control-point orientation Slicer writes for an LPS file (identity in RAS)
 _LPS_ORIENTATION = [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0]
 
@@ -132,31 +131,19 @@ def read_markups(path: str | os.PathLike, spacing_mm: tuple[float, float] | None
                  ) -> dict[str, np.ndarray | None]:
     """Read a knee markups file back: ``{"R": (16, 2) px or None, "L": …}``.
 
-    Points are matched to landmark ids by their label prefix (``T4``/``F12``) when present, else
-    by order. ``spacing_mm`` ``(row, col)`` defaults to the spacing stored by :func:`write_markups`.
-    Positions in RAS (``"coordinateSystem": "RAS"``) are converted to LPS first.
+    The one reader of knee markups: the label server's checks (:func:`kneel_monai.label.parse_label`,
+    strict: 16 defined points per knee, an absent knee listed as such, LPS or RAS) and the mapping to
+    pixels (:func:`kneel_monai.label.label_to_pixels`). ``spacing_mm`` ``(row, col)`` defaults to the
+    spacing stored by :func:`write_markups`. A file that fails the checks raises a ``ValueError``
+    naming it.
     """
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if spacing_mm is None:
-        stored = (data.get("kneel") or {}).get("pixel_spacing_mm")
-        if stored is None:
-            raise ValueError(f"{path}: no pixel spacing stored in the file; pass spacing_mm=(row, col)")
-        spacing_mm = (float(stored[0]), float(stored[1]))
-    knees: dict[str, np.ndarray | None] = {"R": None, "L": None}
-    for markup in data.get("markups", []):
-        side = _SIDE_OF_NAME.get(markup.get("name", ""))
-        if markup.get("type") != "Fiducial" or side is None:
-            continue
-        points = markup.get("controlPoints", [])
-        if len(points) != NUM_LANDMARKS:
-            raise ValueError(f"{path}: {markup['name']} has {len(points)} control points, expected {NUM_LANDMARKS}")
-        lps = np.full((NUM_LANDMARKS, 3), np.nan)
-        for order, cp in enumerate(points):
-            label = cp.get("label", "")
-            head = label.split(" ", 1)[0]
-            index = int(head[1:]) if head[:1] in ("T", "F") and head[1:].isdigit() else order
-            lps[index] = cp["position"]
-        if markup.get("coordinateSystem", "LPS") == "RAS":
-            lps[:, :2] *= -1
-        knees[side] = lps_to_pixels(lps, spacing_mm)
-    return knees
+    from ..label import LabelError, label_to_pixels, parse_label  # the checks live with the label server
+
+    try:
+        label = parse_label(Path(path).read_bytes())
+        spacing = spacing_mm if spacing_mm is not None else label.spacing
+        if spacing is None:
+            raise LabelError("no pixel spacing stored in the file; pass spacing_mm=(row, col)")
+        return label_to_pixels(label, (float(spacing[0]), float(spacing[1])))
+    except LabelError as err:
+        raise ValueError(f"{path}: {err}") from None
