@@ -276,3 +276,23 @@ def test_csv_list_carries_a_spacing_per_file(cohort, tmp_path):
     assert np.median(errors) < 2.0  # the PNG at its CSV spacing is the DICOM's radiograph
     dicom = json.loads((tmp_path / "o" / "bilateral_b.json").read_text())
     assert dicom["spacing_source"] != "user"  # an empty cell leaves the file's own spacing
+
+
+def test_inference_crops_exactly_what_training_and_evaluation_feed_the_network(cohort):
+    """One geometry: the landmark crop the predictor cuts (ROI, mirror, CLAHE, pad, crop) equals the
+    evaluation/training chain's for the same knee and centre (the shipped model's stage)."""
+    from kneel_monai.io import read_radiograph
+    from kneel_monai.training.stages import STAGES, stage_transforms
+
+    root, truth = cohort
+    path, sample = next(iter(truth.items()))
+    predictor = KneelPredictor(*default_model_dirs(), device="cpu")
+    chain = stage_transforms(STAGES["landmarks_cpu_clahe"], train=False)
+    norm = predictor._normalise(read_radiograph(path))
+    for side in ("R", "L"):
+        points = np.asarray(sample.knees[side]["landmarks_px"])
+        fed = chain({"image": path, "side": side, "landmarks_px": points.tolist()})["image"]
+        cut = predictor._landmark_crops(norm, [(side, points[4])])[0]
+        assert fed.shape == cut.shape == (1, 224, 224)
+        np.testing.assert_allclose(cut.numpy(), fed.numpy(), atol=1e-5)
+        np.testing.assert_allclose(cut.affine.numpy(), fed.affine.numpy(), atol=1e-9)
