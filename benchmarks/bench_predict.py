@@ -62,8 +62,8 @@ def _release_models(folder: Path) -> tuple[Path, Path]:
 
 
 def _worker(row: str, data: str, out: str) -> dict:
+    from kneel_monai.cohort import find_radiographs, predict_paths
     from kneel_monai.inference import KneelPredictor, default_model_dirs
-    from kneel_monai.inference_io import find_radiographs, predict_paths
 
     cfg = ROWS[row]
     models = default_model_dirs() if cfg["model"] == "shipped" else _release_models(Path(out) / "models")

@@ -126,8 +126,8 @@ def _cmd_info(ns: argparse.Namespace) -> int:
 
 
 def _cmd_predict(ns: argparse.Namespace) -> int:
+    from .cohort import FORMATS, OutputsNotWritten, plan_outputs, predict_paths, prepare_output_folder
     from .inference import KneelPredictor, resolve_model_dirs
-    from .inference_io import FORMATS, OutputsNotWritten, plan_outputs, predict_paths, prepare_output_folder
     from .io.reading import ReadLimits
 
     # every usage error before a model is loaded or a file read
@@ -325,12 +325,12 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _run(ns)
+        return _run(build_parser().parse_args(args))
     except KeyboardInterrupt:  # Ctrl-C anywhere, while importing torch at start-up too: one line, no traceback
-        print(f"kneel {ns.command}: interrupted", file=sys.stderr)
+        command = next((a for a in args if not a.startswith("-")), "")
+        print(f"kneel {command}: interrupted" if command else "kneel: interrupted", file=sys.stderr)
         return 130
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .io.reading import has_dicom_preamble
+from .results import PREDICTION_FORMAT
 
 __all__ = ["IMAGE_SUFFIXES", "RUN_FILES", "PlannedInput", "find_radiographs", "plan_outputs", "outputs_of",
            "check_output_folder", "source_of"]
@@ -221,7 +222,7 @@ def _owner(json_path: Path) -> str | None:
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("format") != "kneel-monai/prediction":
+    if not isinstance(data, dict) or data.get("format") != PREDICTION_FORMAT:
         return None
     return str(data.get("source") or source_of(data.get("image", "")))
 

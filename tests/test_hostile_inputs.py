@@ -23,8 +23,8 @@ from PIL import Image
 
 from kneel_monai.atomic import TEMP_PREFIX, atomic_write_text
 from kneel_monai.cli import main
+from kneel_monai.cohort import OutputsNotWritten, ReadAhead, _RadiographReader, predict_paths
 from kneel_monai.inference import KneelPredictor, default_model_dirs
-from kneel_monai.inference_io import OutputsNotWritten, ReadAhead, _RadiographReader, predict_paths
 from kneel_monai.io import read_radiograph
 from kneel_monai.io.dicom_writer import write_dicom
 from kneel_monai.io.reading import RadiographReadError, ReadLimits

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from kneel_monai.cli import main
+from kneel_monai.cohort import COHORT_COLUMNS, predict_paths
 from kneel_monai.inference import KneelPredictor, default_model_dirs, resolve_model_dirs
-from kneel_monai.inference_io import COHORT_COLUMNS, predict_paths
 from kneel_monai.measurements import MEASUREMENTS, knee_measurements
 from kneel_monai.metrics import landmark_errors_mm
 from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph

@@ -56,8 +56,8 @@ from KneelLandmarksLib import testing as kt
 from KneelLandmarksLib.geometry import ijk_to_ras_matrix
 from KneelLandmarksLib.runner import _running_message
 
+from kneel_monai.cohort import COHORT_COLUMNS, cohort_rows
 from kneel_monai.inference import KneelPredictor, default_model_dirs
-from kneel_monai.inference_io import COHORT_COLUMNS, cohort_rows
 from kneel_monai.io import read_radiograph
 from kneel_monai.measurements import knee_measurements
 from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph

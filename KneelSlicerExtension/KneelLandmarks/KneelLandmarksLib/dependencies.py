@@ -89,7 +89,7 @@ def kneel_importable() -> str | None:
     """None when ``kneel_monai``'s predictor imports, else the import error's message."""
     try:
         importlib.import_module("kneel_monai.inference")
-        importlib.import_module("kneel_monai.inference_io")
+        importlib.import_module("kneel_monai.cohort")
     except Exception as err:  # noqa: BLE001 — any import failure means "not ready"
         return f"{type(err).__name__}: {err}"
     return None

@@ -213,7 +213,9 @@ class LandmarksLogic:
 
     @staticmethod
     def _checked_prediction(request: PredictionRequest, prediction: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(prediction, dict) or prediction.get("format") != "kneel-monai/prediction":
+        from kneel_monai.results import PREDICTION_FORMAT
+
+        if not isinstance(prediction, dict) or prediction.get("format") != PREDICTION_FORMAT:
             raise KneelInputError("The model's output is not a kneel-monai prediction.")
         h, w = request.radiograph.pixels.shape
         if list(prediction.get("image_size", [])) != [h, w]:
@@ -365,7 +367,7 @@ class LandmarksLogic:
         An existing cohort CSV gets the rows added (rows of the same image and side replaced).
         """
         from kneel_monai.atomic import atomic_write_text
-        from kneel_monai.inference_io import COHORT_COLUMNS, cohort_rows
+        from kneel_monai.cohort import COHORT_COLUMNS, cohort_rows
 
         rows = cohort_rows(self.edited_prediction(volume_node))
         path = Path(path)

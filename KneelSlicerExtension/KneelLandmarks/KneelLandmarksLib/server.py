@@ -137,8 +137,8 @@ class LabelServer:
     def submit(self, image_id: str, prediction: dict[str, Any], tag: str = "final") -> dict[str, Any]:
         """Store the landmarks as edited (a prediction dict, e.g. ``LandmarksLogic.edited_prediction``) as the
         image's label."""
-        from kneel_monai.inference import RadiographResult
         from kneel_monai.io.markups import write_markups
+        from kneel_monai.results import RadiographResult  # no torch needed to write a label
 
         with tempfile.TemporaryDirectory(prefix="kneel-label-") as tmp:
             path = write_markups(RadiographResult.from_dict(prediction), Path(tmp) / "label.mrk.json")

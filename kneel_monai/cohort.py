@@ -40,6 +40,7 @@ from .io.markups import write_markups
 from .io.reading import ReadLimits
 from .landmarks import NUM_LANDMARKS
 from .measurements import MEASUREMENTS
+from .results import PREDICTION_FORMAT
 from .run_plan import IMAGE_SUFFIXES, find_radiographs, outputs_of, plan_outputs, source_of
 from .visualize import draw_landmarks_overlay
 
@@ -161,7 +162,7 @@ def _done_result(paths: dict[str, Path], source: Path) -> dict[str, Any] | None:
         data = json.loads(paths["json"].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("format") != "kneel-monai/prediction":
+    if not isinstance(data, dict) or data.get("format") != PREDICTION_FORMAT:
         return None
     if str(data.get("source") or source_of(data.get("image", ""))) != source_of(source):
         return None
