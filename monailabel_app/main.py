@@ -25,6 +25,7 @@ from monailabel.tasks.activelearning.random import Random
 
 from kneel_monai.inference import default_bundle_dir, resolve_device, resolve_model_dirs
 from kneel_monai.label.datastore import IMAGE_EXTENSIONS, KneelDatastore, dicomweb_datastore
+from kneel_monai.label.monailabel_private import NoRuntimeDownloads
 from kneel_monai.label.server import (
     MODEL_NAME,
     KneelEpistemicScoring,
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 BUNDLE_DIR = default_bundle_dir()  # the bundle installed with kneel_monai (a checkout's bundles/kneel_landmarks)
 
 
-class KneelLabelApp(MONAILabelApp):
+class KneelLabelApp(NoRuntimeDownloads, MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         models = [m.strip() for m in (conf or {}).get("models", MODEL_NAME).split(",") if m.strip()]
         unknown = sorted(set(models) - {MODEL_NAME, "all"})
@@ -79,11 +80,6 @@ class KneelLabelApp(MONAILabelApp):
         return KneelDatastore(self.studies, image_extensions=extensions,
                               auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
                               read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
-
-    def _download_dcmqi_tools(self):
-        # MONAI Label fetches dcmqi (DICOM SEG conversion) from the internet when the studies are DICOMweb;
-        # landmark labels are markups, never DICOM SEG, and nothing may be downloaded at run time
-        logger.info("DICOMweb studies: dcmqi not needed (landmark labels are .mrk.json), not downloaded")
 
     def init_infers(self):
         return {MODEL_NAME: KneelInferTask(self.predictors)}

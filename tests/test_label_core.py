@@ -125,3 +125,18 @@ def test_fine_tuning_keeps_each_models_own_stage(tmp_path):
     with pytest.raises(LabelError, match="matches no training stage") as info:
         stage_of(other)
     assert info.value.status == 409
+
+
+def test_the_monailabel_private_parts_the_app_relies_on_are_checked(monkeypatch):
+    """The installed MONAI Label passes the check; another release, or one lacking a private name, fails loudly."""
+    from kneel_monai.label import monailabel_private as private
+
+    private.check_monailabel()
+    monkeypatch.setattr(private, "SUPPORTED_MONAILABEL", "0.0.1")
+    with pytest.raises(ImportError, match="relies on private parts of 0.0.1"):
+        private.check_monailabel()
+    monkeypatch.undo()
+    monkeypatch.setattr(private, "PRIVATE_NAMES", private.PRIVATE_NAMES + (
+        ("monailabel.datastore.local", "LocalDatastore", "_a_name_no_release_has"),))
+    with pytest.raises(ImportError, match="LocalDatastore._a_name_no_release_has"):
+        private.check_monailabel()

@@ -34,7 +34,14 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..atomic import atomic_write, atomic_write_text
 from ..landmarks import SIDES
-from . import LABEL_EXT, LabelError, check_id, label_to_pixels, parse_label
+from . import (
+    LABEL_EXT,
+    LabelError,
+    check_id,
+    label_to_pixels,
+    monailabel_private,  # noqa: F401 — checks the installed MONAI Label: LockedIndex uses its private parts
+    parse_label,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from ..atomic import atomic_write_text
 from . import LABEL_EXT, LabelError, epistemic_score
 from .datastore import http_error, image_file
+from .monailabel_private import wrap_async_task_run
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +56,14 @@ def check_training_starts(stale_after_s: float = 60.0) -> None:
     from datetime import datetime
 
     from monailabel.interfaces.utils.app import app_instance
-    from monailabel.utils.async_tasks import task as async_task
     from monailabel.utils.async_tasks.utils import tasks
-
-    original = async_task.AsyncTask.run
-    if getattr(original, "kneel_checks", False):
-        return
 
     def starting(method: str) -> bool:
         now = datetime.today()
         return any(t.get("status") == "SUBMITTED" and (now - datetime.strptime(
             t["start_ts"], "%Y-%m-%d %H:%M:%S")).total_seconds() < stale_after_s for t in tasks(method))
 
-    def run(method, request=None, params=None, force_sync=False, enqueue=False):
+    def check(method, request, params, force_sync, enqueue):
         if method == "train":
             if not enqueue and not force_sync and starting(method):
                 return None, "++++++++++ Train Task is Already Running (starting)"
@@ -78,10 +74,9 @@ def check_training_starts(stale_after_s: float = 60.0) -> None:
                     task.check({**(request or {}), **(params or {})}, instance.datastore())
                 except LabelError as err:
                     raise http_error(err) from None
-        return original(method, request=request, params=params, force_sync=force_sync, enqueue=enqueue)
+        return None
 
-    run.kneel_checks = True
-    async_task.AsyncTask.run = staticmethod(run)
+    wrap_async_task_run(check, "kneel_checks")
 
 
 class ModelStore:
