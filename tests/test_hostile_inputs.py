@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from label_server import require_monailabel
 from PIL import Image
 
 from kneel_monai.atomic import TEMP_PREFIX, atomic_write_text
@@ -324,7 +325,7 @@ def test_a_cut_short_model_file_is_not_reported_missing(tmp_path, capsys):
 
 # ---- the label server's checks (its request handlers call these; 4xx, never 500) ---------------------------
 def test_label_checks_answer_4xx_for_hostile_labels(tmp_path):
-    pytest.importorskip("monailabel")
+    require_monailabel()
     from kneel_monai.label import LabelError, parse_label
     from kneel_monai.label.datastore import KneelDatastore
 

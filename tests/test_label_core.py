@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from label_server import require_monailabel
 
 from kneel_monai.inference import KneeResult, RadiographResult
 from kneel_monai.io.markups import markups_dict
@@ -103,7 +104,7 @@ def test_fine_tuning_keeps_each_models_own_stage(tmp_path):
     """The train task fine-tunes a model at the stage it was trained at; a model at no known stage is refused."""
     import shutil
 
-    pytest.importorskip("monailabel")
+    require_monailabel()
     from kneel_monai.inference import resolve_model_dirs
     from kneel_monai.label.server import stage_of
     from kneel_monai.training.stages import STAGES

@@ -15,8 +15,9 @@ import threading
 
 import numpy as np
 import pytest
+from label_server import require_monailabel
 
-pytest.importorskip("monailabel")
+require_monailabel()
 
 from kneel_monai.inference import KneeResult, RadiographResult  # noqa: E402
 from kneel_monai.io.dicom_writer import write_dicom  # noqa: E402

@@ -19,9 +19,8 @@ import time
 
 import numpy as np
 import pytest
+import requests  # noqa: E402 — a test dependency (the label extra): missing is an error, not a skip
 from label_server import require_monailabel, running_label_server, wait_for_training
-
-requests = pytest.importorskip("requests")
 
 SEEDS = (9_500_100, 9_500_101, 9_500_102, 9_500_103)
 ONE_KNEE_SEED = 9_500_104

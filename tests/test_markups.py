@@ -2,6 +2,7 @@
 
 import json
 
+import jsonschema  # noqa: E402
 import numpy as np
 import pytest
 
@@ -15,8 +16,6 @@ from kneel_monai.io.markups import (
     write_markups,
 )
 from kneel_monai.landmarks import LANDMARKS
-
-jsonschema = pytest.importorskip("jsonschema")
 
 
 def make_result(left_present=True, spacing=(0.143, 0.139), seed=0):
