@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("studies", help="folder of radiographs, or a DICOMweb URL")
     label.add_argument("--host", default="127.0.0.1")
     label.add_argument("--port", type=int, default=8000)
-    label.add_argument("--state-dir", help="trained models and scores (default <studies>/.kneel_label)")
+    label.add_argument("--state-dir", help="trained models and scores (default: a per-user cache folder for "
+                                           "these studies, ~/.cache/kneel-monai/label/<id>)")
     label.add_argument("--device", choices=("auto", "cpu", "cuda"))
     label.add_argument("--model", help="starting models (as for `kneel predict --model`; default the shipped ones)")
     label.add_argument("--app", help="the app folder (default: monailabel_app beside the package)")

@@ -7,14 +7,13 @@ All logic lives in ``kneel_monai.label`` (label checks and conversion), ``kneel_
 this file wires them.
 
 ``--conf`` keys: ``models`` (``kneel_landmarks``), ``state_dir`` (trained models and scores;
-default ``<studies>/.kneel_label``, or a per-user cache folder for a DICOMweb URL),
+default a per-user cache folder keyed by the studies' location, never inside the studies),
 ``model`` (a bundle/model folder for the starting models; default the shipped ones),
 ``device`` (``auto``/``cpu``/``cuda``), ``mc_samples`` (dropout passes for the epistemic score, 4).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from kneel_monai.label.server import (
     ModelStore,
     _PredictorCache,
     check_training_starts,
+    default_state_dir,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,12 +47,7 @@ class KneelLabelApp(NoRuntimeDownloads, MONAILabelApp):
         unknown = sorted(set(models) - {MODEL_NAME, "all"})
         if unknown:
             raise ValueError(f"--conf models: unknown {', '.join(unknown)}; this app serves '{MODEL_NAME}'")
-        if studies.startswith(("http://", "https://")):
-            digest = hashlib.sha1(studies.encode()).hexdigest()[:12]
-            default_state = Path.home() / ".cache" / "kneel-monai" / "label" / digest
-        else:
-            default_state = Path(studies) / ".kneel_label"
-        self.state_dir = Path(conf.get("state_dir") or default_state)
+        self.state_dir = Path(conf.get("state_dir") or default_state_dir(studies))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         roi_dir, landmark_dir = resolve_model_dirs(conf.get("model") or None)
         self.device = str(resolve_device(conf.get("device", "auto")))

@@ -258,7 +258,8 @@ def test_inference_takes_a_csv_list_with_spacings(tiny_models, dataset, tmp_path
     Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB").save(tmp_path / "export.jpg", quality=90)
     spacing = float(image.affine[0, 0])
     (tmp_path / "list.csv").write_text(f"file,spacing_mm\nexport.jpg,{spacing}\n")
-    wf = run(["inference"], "run", bundle_root=str(tmp_path), input_dir=str(tmp_path / "list.csv"),
+    # the model zoo's name for the input, dataset_dir, is accepted as well as input_dir
+    wf = run(["inference"], "run", bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "list.csv"),
              output_dir=str(tmp_path / "out"), roi_model_dir=str(tiny_models / "roi"),
              landmark_model_dir=str(tiny_models / "landmarks"), min_confidence=0.0, device="cpu")
     summary = wf.parser.get_parsed_content("inference")
@@ -342,3 +343,8 @@ def test_cross_validation_is_one_command(dataset, tmp_path):
     rows = read_csv(cv / "folds.csv")
     assert [int(r["fold"]) for r in rows] == list(range(n_folds))
     assert sum(int(r["knees"]) for r in rows) == n_knees
+
+
+def test_the_repository_and_the_bundle_carry_the_same_licence():
+    assert (REPO_ROOT / "LICENSE").read_text() == (REPO_ROOT / "bundles" / "kneel_landmarks" / "LICENSE").read_text()
+    assert "MIT License" in (REPO_ROOT / "LICENSE").read_text()

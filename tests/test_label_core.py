@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,16 @@ def test_the_monailabel_private_parts_the_app_relies_on_are_checked(monkeypatch)
         ("monailabel.datastore.local", "LocalDatastore", "_a_name_no_release_has"),))
     with pytest.raises(ImportError, match="LocalDatastore._a_name_no_release_has"):
         private.check_monailabel()
+
+
+def test_the_app_keeps_its_models_outside_the_studies_by_default(tmp_path, monkeypatch):
+    require_monailabel()
+    from kneel_monai.label.server import default_state_dir
+
+    monkeypatch.chdir(tmp_path)
+    studies = tmp_path / "studies"
+    state = default_state_dir(str(studies))
+    assert studies not in state.parents and state.parent == Path.home() / ".cache" / "kneel-monai" / "label"
+    assert default_state_dir("studies") == state  # however the folder is spelled
+    assert default_state_dir(str(tmp_path / "other")) != state
+    assert default_state_dir("http://pacs:8042/dicom-web") != state

@@ -6,7 +6,7 @@ The app folder's ``main.py`` only wires these together; all the logic lives here
 :mod:`kneel_monai.label` so that it is tested and versioned with the library.
 
 State (models trained here, their version pointer, uncertainty scores) lives in ``state_dir``
-(``--conf state_dir DIR``; default ``<studies>/.kneel_label`` for a local studies folder).
+(``--conf state_dir DIR``; default a per-user cache folder keyed by the studies' location, outside the studies).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .monailabel_private import wrap_async_task_run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODEL_NAME", "ModelStore", "check_training_starts", "KneelInferTask", "KneelTrainTask",
+__all__ = ["MODEL_NAME", "ModelStore", "default_state_dir", "check_training_starts", "KneelInferTask", "KneelTrainTask",
            "KneelEpistemicScoring",
            "KneelEpistemicStrategy"]
 
@@ -77,6 +77,15 @@ def check_training_starts(stale_after_s: float = 60.0) -> None:
         return None
 
     wrap_async_task_run(check, "kneel_checks")
+
+
+def default_state_dir(studies: str) -> Path:
+    """Where the app keeps trained models and scores unless told (``--conf state_dir``): outside the studies
+    (a PACS, or a folder others share or back up), in a per-user cache folder keyed by the studies' location."""
+    import hashlib
+
+    where = studies if str(studies).startswith(("http://", "https://")) else str(Path(studies).resolve())
+    return Path.home() / ".cache" / "kneel-monai" / "label" / hashlib.sha1(where.encode()).hexdigest()[:12]
 
 
 class ModelStore:
