@@ -152,7 +152,7 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
         raise CommandError(f"--max-megapixels: a positive number, got {ns.max_megapixels}")
     limits = ReadLimits(max_pixels=int(ns.max_megapixels * 1e6))
     workers = ns.workers if ns.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 2)
-    plan_outputs(ns.inputs, ns.out, formats)  # refuses an --out that would replace inputs
+    plan = plan_outputs(ns.inputs, ns.out, formats)  # refuses an --out that would replace inputs
     prepare_output_folder(ns.out)  # refuses an --out that cannot be written
     roi_dir, landmark_dir = resolve_model_dirs(ns.model, ns.roi_model)
     try:
@@ -165,7 +165,8 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
           f"{'off' if ns.no_refine else 'on'}; writing {','.join(formats)} to {ns.out}", flush=True)
     try:
         summary = predict_paths(predictor, ns.inputs, ns.out, formats=formats, spacing_mm=spacing,
-                                progress=not ns.no_progress, overwrite=ns.overwrite, workers=workers, limits=limits)
+                                progress=not ns.no_progress, overwrite=ns.overwrite, workers=workers, limits=limits,
+                                plan=plan)
     except KeyboardInterrupt as err:
         print(f"\nkneel predict: {err or 'interrupted'}; every output written is complete", file=sys.stderr)
         return 130

@@ -40,8 +40,16 @@ from .io.markups import write_markups
 from .io.reading import ReadLimits
 from .landmarks import NUM_LANDMARKS
 from .measurements import MEASUREMENTS
-from .results import PREDICTION_FORMAT
-from .run_plan import IMAGE_SUFFIXES, find_radiographs, outputs_of, plan_outputs, source_of
+from .run_plan import (
+    IMAGE_SUFFIXES,
+    PlannedInput,
+    find_radiographs,
+    outputs_of,
+    plan_outputs,
+    prediction_source,
+    read_prediction,
+    source_of,
+)
 from .visualize import draw_landmarks_overlay
 
 __all__ = ["FORMATS", "IMAGE_SUFFIXES", "COHORT_COLUMNS", "find_radiographs", "plan_outputs", "predict_paths",
@@ -158,15 +166,8 @@ def _done_result(paths: dict[str, Path], source: Path) -> dict[str, Any] | None:
     """The prediction JSON of a radiograph already done (all its outputs there, same source), else None."""
     if not all(p.is_file() for p in paths.values()):
         return None
-    try:
-        data = json.loads(paths["json"].read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != PREDICTION_FORMAT:
-        return None
-    if str(data.get("source") or source_of(data.get("image", ""))) != source_of(source):
-        return None
-    return data
+    data = read_prediction(paths["json"])
+    return data if data is not None and prediction_source(data) == source_of(source) else None
 
 
 def _fmt(value: Any) -> str:
@@ -220,7 +221,8 @@ def _write_cohort_csv(path: Path, predictions: Sequence[dict[str, Any]], failed:
 def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   formats: Sequence[str] = FORMATS, spacing_mm: float | tuple[float, float] | None = None,
                   progress: bool = True, overwrite: bool = False, workers: int = 0,
-                  limits: ReadLimits | None = None) -> dict[str, Any]:
+                  limits: ReadLimits | None = None,
+                  plan: tuple[list[PlannedInput], list[str]] | None = None) -> dict[str, Any]:
     """Predict every radiograph in ``inputs`` and write ``formats`` into ``out_dir``.
 
     Args:
@@ -238,6 +240,8 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
             one that dies fails at most the file it was reading (:class:`ReadAhead`).
         limits: what a radiograph may be (:class:`~kneel_monai.io.reading.ReadLimits`); larger files,
             spacings outside a radiograph's and huge fields fail with the reason before decoding.
+        plan: ``plan_outputs(inputs, out_dir, formats)`` when the caller made it already (the CLI does,
+            to refuse a bad ``--out`` before loading models): a large folder is not scanned twice.
 
     Returns:
         The summary written to ``summary.json``: counts (``n_inputs``, ``n_ok`` done now,
@@ -251,7 +255,7 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     out = Path(out_dir)
-    planned, problems = plan_outputs(inputs, out, formats)
+    planned, problems = plan if plan is not None else plan_outputs(inputs, out, formats)
     prepare_output_folder(out)
     failed: list[dict[str, str]] = [{"input": p.split(": ")[0], "error": p} for p in problems]
     predictions: list[dict[str, Any]] = []  # every radiograph's JSON content, done now or before

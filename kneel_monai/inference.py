@@ -284,6 +284,10 @@ class KneelPredictor:
                     active[i] = False
         return out
 
+    def _as_sides(self, work: MetaTensor, starts: list[tuple[str, np.ndarray, float]]) -> list[Candidate]:
+        """Stage 2 (refined, re-zoomed) from ``(side, centre, zoom)``: a knee's answer in its side's orientation."""
+        return self._resized(work, self._candidates(work, starts, "side"))
+
     def _proposals(self, norm: MetaTensor, work: MetaTensor) -> list[Candidate]:
         """Stage 1's centre of each image half, stage 2 from it at every ``scan.proposal_zooms``: the most
         knee-like answer per half, re-zoomed by its size."""
@@ -376,7 +380,7 @@ class KneelPredictor:
             knees, sources = {}, {}
         # a knee seen in the other orientation than its side is run again as that side's knee
         redo = [(s, k.centre, k.zoom) for s, k in knees.items() if k.orientation != s]
-        for (s, _, _), again in zip(redo, self._resized(work, self._candidates(work, redo, "side"))):
+        for (s, _, _), again in zip(redo, self._as_sides(work, redo)):
             knees[s] = again
         return knees, sources, info
 
@@ -385,7 +389,7 @@ class KneelPredictor:
         """``(side, side_source, answer in that side's orientation)`` for the only knee of an image.
         Stage 2 runs in both orientations only when the anatomy has to decide."""
         def answers(*sides: str) -> dict[str, Candidate]:
-            again = self._resized(work, self._candidates(work, [(s, knee.centre, knee.zoom) for s in sides], "side"))
+            again = self._as_sides(work, [(s, knee.centre, knee.zoom) for s in sides])
             # the answer found stays where running it again in its own orientation gives a less knee-like one
             return {s: knee if s == knee.orientation and knee.shape_distance < a.shape_distance else a
                     for s, a in zip(sides, again)}

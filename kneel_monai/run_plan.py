@@ -33,7 +33,7 @@ from .io.reading import has_dicom_preamble
 from .results import PREDICTION_FORMAT
 
 __all__ = ["IMAGE_SUFFIXES", "RUN_FILES", "PlannedInput", "find_radiographs", "plan_outputs", "outputs_of",
-           "check_output_folder", "source_of"]
+           "check_output_folder", "source_of", "read_prediction", "prediction_source"]
 
 #: file suffixes taken as radiographs when a folder is scanned (DICOM is also recognised by content)
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nrrd", ".nhdr", ".nii",
@@ -97,7 +97,7 @@ def _csv_rows(path: Path) -> tuple[list[tuple[Path, tuple[float, float] | None]]
     pixel spacing of its row's ``spacing_mm``/``spacing``/``pixel_spacing_mm`` column (JPEG/PNG carry
     none); a row whose spacing is not a positive number (or two) is a problem naming it, not a file."""
     try:
-        rows = list(csv.reader(io_lines(_read_csv_text(path))))
+        rows = list(csv.reader(_csv_lines(_read_csv_text(path))))
     except (OSError, csv.Error) as err:
         return [], [f"{path}: cannot read this CSV list ({err}); its radiographs were not processed"]
     if not rows:
@@ -122,16 +122,16 @@ def _csv_rows(path: Path) -> tuple[list[tuple[Path, tuple[float, float] | None]]
     return out, problems
 
 
-def io_lines(text: str) -> list[str]:
+def _csv_lines(text: str) -> list[str]:
     """``text`` as lines for :mod:`csv` (which refuses NUL characters: they become a clear problem)."""
     if "\0" in text:
         raise csv.Error("it holds NUL characters (a binary file?)")
     return text.splitlines(keepends=True)
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def _inside(path: Path, resolved_folder: Path) -> bool:
     try:
-        path.resolve().relative_to(folder.resolve())
+        path.resolve().relative_to(resolved_folder)
         return True
     except ValueError:
         return False
@@ -146,6 +146,7 @@ def _expand(inputs: str | os.PathLike | Iterable[str | os.PathLike], exclude: Pa
         raise ValueError("no input given: name a radiograph file, a folder of them or a CSV list")
     found: list[tuple[Path, Path | None, tuple[float, float] | None]] = []
     problems: list[str] = []
+    excluded = exclude.resolve() if exclude is not None else None
 
     def walk_error(err: OSError) -> None:
         problems.append(f"{err.filename}: cannot read this folder ({err.strerror or err}); its files were skipped")
@@ -156,7 +157,7 @@ def _expand(inputs: str | os.PathLike | Iterable[str | os.PathLike], exclude: Pa
             for folder, dirs, files in os.walk(path, onerror=walk_error):
                 here = Path(folder)
                 dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                                 and not (exclude is not None and _inside(here / d, exclude)))
+                                 and not (excluded is not None and _inside(here / d, excluded)))
                 for name in sorted(files):
                     p = here / name
                     if name.startswith("."):
@@ -212,30 +213,35 @@ def outputs_of(out: Path, name: str, formats: Sequence[str]) -> dict[str, Path]:
     return paths
 
 
-def _tagged(name: str, path: Path) -> str:
-    return f"{name}_{hashlib.sha1(source_of(path).encode('utf-8')).hexdigest()[:8]}"
-
-
-def _owner(json_path: Path) -> str | None:
-    """The source of the radiograph whose prediction JSON this is (None: no such JSON, or unreadable)."""
+def read_prediction(json_path: Path) -> dict | None:
+    """A prediction JSON's content (``kneel-monai/prediction``); None when there is none, or it is unreadable."""
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("format") != PREDICTION_FORMAT:
-        return None
-    return str(data.get("source") or source_of(data.get("image", "")))
+    return data if isinstance(data, dict) and data.get("format") == PREDICTION_FORMAT else None
 
 
-def _stable_name(name: str, path: Path, shared_in_run: bool, out: Path | None) -> str:
+def prediction_source(prediction: dict) -> str:
+    """The input a prediction belongs to (its recorded ``source``; older files: their ``image`` resolved)."""
+    return str(prediction.get("source") or source_of(prediction.get("image", "")))
+
+
+def _owner(json_path: Path) -> str | None:
+    """The source of the radiograph whose prediction JSON this is (None: no such JSON, or unreadable)."""
+    data = read_prediction(json_path)
+    return None if data is None else prediction_source(data)
+
+
+def _stable_name(name: str, source: str, shared_in_run: bool, out: Path | None) -> str:
     """``name``, or its tagged form when another input (of this run, or whose outputs are already in
-    ``out``) or a run file claims it; outputs already written for this input keep their name."""
-    tagged = _tagged(name, path)
+    ``out``) or a run file claims it; outputs already written for this input (``source``) keep their name."""
+    tagged = f"{name}_{hashlib.sha1(source.encode('utf-8')).hexdigest()[:8]}"
     if out is not None:
         plain_owner = _owner(out / f"{name}.json")
-        if plain_owner == source_of(path):
+        if plain_owner == source:
             return name
-        if _owner(out / f"{tagged}.json") == source_of(path):
+        if _owner(out / f"{tagged}.json") == source:
             return tagged
         if plain_owner is not None:
             return tagged
@@ -276,14 +282,14 @@ def plan_outputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_di
     counts: dict[str, int] = {}
     for name in names:
         counts[name.lower()] = counts.get(name.lower(), 0) + 1
-    planned = []
-    for (path, _, spacing), name in zip(found, names):
-        planned.append(PlannedInput(path, _stable_name(name, path, counts[name.lower()] > 1, out), spacing))
+    sources = [source_of(path) for path, _, _ in found]
+    planned = [PlannedInput(path, _stable_name(name, source, counts[name.lower()] > 1, out), spacing)
+               for (path, _, spacing), name, source in zip(found, names, sources)]
     if out is not None:
-        sources = {source_of(p.path) for p in planned}
+        inputs_read = set(sources)
         for p in planned:
             for kind, target in outputs_of(out, p.name, formats).items():
-                if source_of(target) in sources:
+                if source_of(target) in inputs_read:
                     raise ValueError(f"{p.path}: its {kind} output {target} would replace an input radiograph; "
                                      "choose another --out")
     return planned, problems

@@ -482,9 +482,9 @@ def _check_inflated_size(path: Path, limits: ReadLimits) -> None:
                         raise RadiographReadError(path, f"the deflated DICOM inflates to more than {budget / 1e6:.0f} "
                                                         "MB, more than a knee radiograph holds (--max-megapixels "
                                                         "raises the limit); not decoded")
-    except (OSError, zlib.error, ValueError, KeyError, AttributeError) as err:
-        if isinstance(err, RadiographReadError):
-            raise
+    except RadiographReadError:
+        raise
+    except (OSError, zlib.error, ValueError, KeyError, AttributeError):
         return  # not readable this way: the reader says what is wrong
 
 
@@ -624,25 +624,30 @@ def _header_text(path: Path, limit: int = 65536) -> str:
     return head.decode("latin-1", errors="replace")
 
 
-def _nrrd_sets_spacing(path: Path) -> bool:
+def _header_fields(path: Path) -> dict[str, str]:
+    """The ``key: value`` lines of an NRRD header (up to its blank line) or the ``key = value`` lines of a
+    MetaImage header (up to ElementDataFile), keys in lower case."""
     text = _header_text(path)
-    for line in re.split(r"\r?\n", text)[1:]:
-        if not line.strip():
+    nrrd = text.startswith("NRRD")
+    fields: dict[str, str] = {}
+    for line in re.split(r"\r?\n", text)[1 if nrrd else 0:]:
+        if nrrd and not line.strip():
             break  # end of the NRRD header
-        key = line.split(":", 1)[0].strip().lower()
-        if key in ("spacings", "space directions"):
-            return True
-    return False
+        key, sep, value = line.partition(":" if nrrd else "=")
+        key = key.strip().lower()
+        if sep:
+            fields.setdefault(key, value.strip())
+        if not nrrd and key == "elementdatafile":
+            break
+    return fields
+
+
+def _nrrd_sets_spacing(path: Path) -> bool:
+    return bool({"spacings", "space directions"} & set(_header_fields(path)))
 
 
 def _metaimage_sets_spacing(path: Path) -> bool:
-    for line in re.split(r"\r?\n", _header_text(path)):
-        key = line.split("=", 1)[0].strip().lower()
-        if key in ("elementspacing", "elementsize"):
-            return True
-        if key == "elementdatafile":
-            break
-    return False
+    return bool({"elementspacing", "elementsize"} & set(_header_fields(path)))
 
 
 def _itk_info(path: Path):
@@ -792,19 +797,15 @@ def _complete_file(path: Path, fmt: str) -> None:
 def _regular_data_files(path: Path) -> None:
     """A MetaImage/NRRD header names its data file; a pipe or device there would block the reader
     forever, so only regular files are read."""
-    text = _header_text(path)
-    key = "ElementDataFile" if path.suffix.lower() == ".mhd" else "data file" if path.suffix.lower() == ".nhdr" else ""
-    if not key:
-        return
-    for line in text.splitlines():
-        name, _, value = line.partition("=" if key == "ElementDataFile" else ":")
-        if name.strip().lower() == key.lower() and value.strip() and value.strip().upper() not in ("LOCAL", "LIST"):
-            data = (path.parent / value.strip()).resolve()
-            if not data.exists():
-                raise RadiographReadError(path, f"its data file {value.strip()} does not exist")
-            if not data.is_file():
-                raise RadiographReadError(path, f"its data file {value.strip()} is not a regular file (a pipe, socket "
-                                                "or device?); not read")
+    key = {".mhd": "elementdatafile", ".nhdr": "data file"}.get(path.suffix.lower())
+    name = _header_fields(path).get(key, "") if key else ""
+    if name and name.upper() not in ("LOCAL", "LIST"):
+        data = (path.parent / name).resolve()
+        if not data.exists():
+            raise RadiographReadError(path, f"its data file {name} does not exist")
+        if not data.is_file():
+            raise RadiographReadError(path, f"its data file {name} is not a regular file (a pipe, socket or device?); "
+                                            "not read")
 
 
 def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLimits | None = None) -> MetaTensor:
