@@ -61,7 +61,8 @@ class ScanSettings:
     Attributes:
         knee_shape_limit: a knee is reported present only when its shape distance is at most this.
             Annotated real knees lie below about 5 (the quality flag's limit); on the development
-            films no lateral view, foot or long-leg film gave any answer below 6 over ~1,500 starts.
+            films no lateral view, foot or long-leg film gave any answer below 7.9 (0.3.2: about
+            1,300 scan starts with size re-zooming).
         scan: look over the whole image when the stage-1 proposals do not give two knees.
         stride_mm: grid step of the scan (stage 2 pulls a start from about 50 mm onto a knee).
         zooms: ROI zooms tried by the scan (1 = the image's spacing as read; > 1 shows the knee larger).
