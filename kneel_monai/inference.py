@@ -143,6 +143,7 @@ class KneelPredictor:
         if (roi_scaling.lower, roi_scaling.upper) != (self._normalise.lower, self._normalise.upper):
             raise ValueError(f"the ROI model scales intensities to percentiles {roi_scaling.spec} but the landmark "
                              f"model to {self._normalise.spec}; one radiograph is normalised once for both stages")
+        self._roi_scaling = PercentileNormalise.for_roi(lp.get("intensity"))
         self._local_contrast = LocalContrast.from_preprocessing(lp.get("local_contrast"))
 
     # ---- network input and output
@@ -180,6 +181,8 @@ class KneelPredictor:
                         ) -> list[MetaTensor]:
         starts = list(centres.items()) if isinstance(centres, dict) else centres
         crops = [self._roi_crop(image, c, mirror=s == "L") for s, c in starts]
+        if self._roi_scaling is not None:  # each ROI to its own percentiles, then CLAHE, as in training
+            crops = [self._roi_scaling(c) for c in crops]
         if self._local_contrast is not None:  # on the ROI, before padding, as in training
             crops = [self._local_contrast(c) for c in crops]
         return [self._pad_crop(c, self.landmarks) for c in crops]

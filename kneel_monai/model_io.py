@@ -15,7 +15,8 @@ A model directory holds:
 * the weight files: ``safetensors`` state dicts (tensors only).
 
 Intensity normalisations: ``{"kind": "percentile", "lower": 5, "upper": 99}`` (clip to the
-percentiles, scale to [0, 1]; the project default) or ``{"kind": "release_mean_std",
+percentiles, scale to [0, 1]; the project default; a landmark model's ``"region": "roi"`` scales each
+knee ROI again to its own percentiles) or ``{"kind": "release_mean_std",
 "mean": [..3..], "std": [..3..]}`` (the release's: scale to 0-255, replicate grey to the input
 channels, subtract the mean and divide by the std given on the 0-255 scale).
 """
@@ -39,6 +40,7 @@ __all__ = [
     "MODEL_FORMAT_VERSION",
     "TASKS",
     "INTENSITY_KINDS",
+    "INTENSITY_REGIONS",
     "ModelFormatError",
     "KneelModel",
     "save_model",
@@ -50,6 +52,10 @@ MODEL_FORMAT = "kneel-monai/model"
 MODEL_FORMAT_VERSION = 1
 TASKS = ("roi", "landmarks")
 INTENSITY_KINDS = ("percentile", "release_mean_std")
+#: where a landmark model's percentiles are taken: over the whole radiograph only ("image"), or then again over
+#: each knee's ROI ("roi") — the real knee crops a model learns from are ROI-sized, so their percentiles are the
+#: ROI's, while a full radiograph's depend on its field, collimation, labels and frames (docs/real_knees.md)
+INTENSITY_REGIONS = ("image", "roi")
 CONFIG_NAME = "model.json"
 
 
@@ -182,6 +188,9 @@ def _validate_preprocessing(pre: Any, source: str) -> None:
     kind = pre["intensity"].get("kind") if isinstance(pre["intensity"], dict) else None
     if kind not in INTENSITY_KINDS:
         raise ModelFormatError(f"{source}: unknown intensity kind {kind!r}; expected one of {INTENSITY_KINDS}")
+    region = pre["intensity"].get("region", "image")
+    if region not in INTENSITY_REGIONS:
+        raise ModelFormatError(f"{source}: unknown intensity region {region!r}; expected one of {INTENSITY_REGIONS}")
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",

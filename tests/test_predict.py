@@ -278,16 +278,22 @@ def test_csv_list_carries_a_spacing_per_file(cohort, tmp_path):
     assert dicom["spacing_source"] != "user"  # an empty cell leaves the file's own spacing
 
 
-def test_inference_crops_exactly_what_training_and_evaluation_feed_the_network(cohort):
-    """One geometry: the landmark crop the predictor cuts (ROI, mirror, CLAHE, pad, crop) equals the
-    evaluation/training chain's for the same knee and centre (the shipped model's stage)."""
+@pytest.mark.parametrize("stage_name", ["landmarks_cpu_clahe", "landmarks_cpu_roi_scaled", "shipped"])
+def test_inference_crops_exactly_what_training_and_evaluation_feed_the_network(cohort, tmp_path, stage_name):
+    """One geometry: the landmark crop the predictor cuts (ROI, mirror, ROI scaling, CLAHE, pad, crop) equals
+    the evaluation/training chain's for the same knee and centre, for each stage a model file can declare."""
     from kneel_monai.io import read_radiograph
+    from kneel_monai.model_io import load_model
+    from kneel_monai.training.evaluation import stage_of_model
     from kneel_monai.training.stages import STAGES, stage_transforms
 
     root, truth = cohort
     path, sample = next(iter(truth.items()))
-    predictor = KneelPredictor(*default_model_dirs(), device="cpu")
-    chain = stage_transforms(STAGES["landmarks_cpu_clahe"], train=False)
+    model = load_model(default_model_dirs()[1])
+    if stage_name != "shipped":
+        model.preprocessing = STAGES[stage_name].preprocessing
+    predictor = KneelPredictor(default_model_dirs()[0], model, device="cpu")
+    chain = stage_transforms(stage_of_model(model), train=False)
     norm = predictor._normalise(read_radiograph(path))
     for side in ("R", "L"):
         points = np.asarray(sample.knees[side]["landmarks_px"])

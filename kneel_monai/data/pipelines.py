@@ -28,6 +28,7 @@ from monai.transforms import (
 from ..io import LoadRadiographd
 from ..landmarks import SIDES
 from ..transforms import (
+    INTENSITY_REGIONS,
     CropRoid,
     FollowAffined,
     LocalContrast,
@@ -145,14 +146,20 @@ def roi_stage_transforms(train: bool, spacing_mm: float = 1.0, pad: int = 520, c
 
 def landmark_stage_transforms(train: bool, size_mm: float = 140.0, spacing_mm: float = 0.3, pad: int = 520,
                               crop: int = 450, cutout: float = 0.1, local_contrast: Mapping | None = None,
-                              percentiles: tuple[float, float] = (5.0, 99.0)) -> Compose:
+                              percentiles: tuple[float, float] = (5.0, 99.0), intensity_region: str = "image"
+                              ) -> Compose:
     """Knee item → a 140 mm ROI at 0.3 mm centred on landmark 4, left knees mirrored; 16 points as target.
 
-    ``local_contrast`` (a model's ``preprocessing["local_contrast"]``, e.g. ``{"kind": "clahe",
-    "tile_mm": 16, "clip_limit": 0.01}``) equalises the ROI before any random step, as inference does.
+    ``intensity_region`` ``"roi"`` scales the ROI again to its own ``percentiles`` (as inference does for
+    such a model); ``local_contrast`` (a model's ``preprocessing["local_contrast"]``, e.g. ``{"kind":
+    "clahe", "tile_mm": 16, "clip_limit": 0.01}``) then equalises it, before any random step.
     """
     roi = [CropRoid("image", centre_key="points", centre_id=4, size_mm=size_mm, spacing_mm=spacing_mm,
                     side_key="side", point_keys="points")]
+    if intensity_region not in INTENSITY_REGIONS:
+        raise ValueError(f"unknown intensity region {intensity_region!r}; expected one of {INTENSITY_REGIONS}")
+    if intensity_region == "roi":
+        roi.append(PercentileNormalised("image", lower=percentiles[0], upper=percentiles[1], constant_ok=True))
     equalise = LocalContrast.from_preprocessing(local_contrast)  # validates the spec, as inference does
     if equalise is not None:
         roi.append(LocalContrastd("image", equalise.tile_mm, equalise.clip_limit))

@@ -39,6 +39,7 @@ class StageConfig:
     key_radius_mm: float = 2.5
     local_contrast: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs, e.g. (("kind", "clahe"), …); () none
     intensity_percentiles: tuple[float, float] = (5.0, 99.0)  # clip and scale to [0, 1] (method.md §2)
+    intensity_region: str = "image"  # "roi": landmarks scaled again to the ROI's own percentiles (INTENSITY_REGIONS)
 
     @property
     def local_contrast_spec(self) -> dict[str, Any] | None:
@@ -52,7 +53,7 @@ class StageConfig:
                    crop_size=int(pre["crop_size"]), roi_size_mm=float(pre.get("roi_size_mm", 140.0)),
                    local_contrast=tuple(sorted((pre.get("local_contrast") or {}).items())),
                    intensity_percentiles=(float(intensity.get("lower", 5.0)), float(intensity.get("upper", 99.0))),
-                   **kwargs)
+                   intensity_region=str(intensity.get("region", "image")), **kwargs)
 
     def differences(self, other: StageConfig) -> list[str]:
         """What the network sees differently in ``other`` (empty: the same input): the one comparison
@@ -66,6 +67,8 @@ class StageConfig:
             out.append(f"local contrast {self.local_contrast_spec} vs {other.local_contrast_spec}")
         if not all(math.isclose(a, b) for a, b in zip(self.intensity_percentiles, other.intensity_percentiles)):
             out.append(f"intensity percentiles {self.intensity_percentiles} vs {other.intensity_percentiles}")
+        if self.intensity_region != other.intensity_region:
+            out.append(f"intensity region {self.intensity_region} vs {other.intensity_region}")
         return out
 
     @property
@@ -73,6 +76,8 @@ class StageConfig:
         pre = {"spacing_mm": self.spacing_mm, "pad_size": self.pad_size, "crop_size": self.crop_size,
                "intensity": {"kind": "percentile", "lower": self.intensity_percentiles[0],
                              "upper": self.intensity_percentiles[1]}}
+        if self.intensity_region != "image":
+            pre["intensity"]["region"] = self.intensity_region
         if self.task == "landmarks":
             pre["roi_size_mm"] = self.roi_size_mm
         if self.local_contrast:
@@ -92,6 +97,11 @@ STAGES: dict[str, StageConfig] = {
     # network (docs/real_knees.md); the shipped landmark model since 0.3.0
     "landmarks_cpu_clahe": StageConfig("landmarks", 0.6, 260, 224,
                                        local_contrast=(("clip_limit", 0.01), ("kind", "clahe"), ("tile_mm", 16.0))),
+    # and each ROI scaled to its own percentiles before CLAHE, as the real crops were: a full film's percentiles
+    # depend on its field, frames and labels (docs/real_knees.md); the shipped landmark model since 0.4.0
+    "landmarks_cpu_roi_scaled": StageConfig("landmarks", 0.6, 260, 224, intensity_region="roi",
+                                            local_contrast=(("clip_limit", 0.01), ("kind", "clahe"),
+                                                            ("tile_mm", 16.0))),
 }
 
 
@@ -109,7 +119,7 @@ def stage_transforms(stage: StageConfig, train: bool, cutout: float = 0.1):
     return landmark_stage_transforms(train, size_mm=stage.roi_size_mm, spacing_mm=stage.spacing_mm,
                                      pad=stage.pad_size, crop=stage.crop_size, cutout=cutout,
                                      local_contrast=stage.local_contrast_spec,
-                                     percentiles=stage.intensity_percentiles)
+                                     percentiles=stage.intensity_percentiles, intensity_region=stage.intensity_region)
 
 
 def stage_datasets(datalist: str | os.PathLike, stage: str | StageConfig, fold: int = 0, cache: bool = True,

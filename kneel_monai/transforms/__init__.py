@@ -13,11 +13,12 @@ from .dictionary import (
     ResampleToSpacingd,
     SplitHalvesd,
 )
-from .intensity import LocalContrast, LocalContrastd, PercentileNormalise, PercentileNormalised
+from .intensity import INTENSITY_REGIONS, LocalContrast, LocalContrastd, PercentileNormalise, PercentileNormalised
 from .mixup import MixupBatch, mixup_loss
 from .points import affine_of, index_to_xy, points_between, points_to_mm, transform_points, xy_to_index
 
 __all__ = [
+    "INTENSITY_REGIONS",
     "CropRoi",
     "LocalContrast",
     "LocalContrastd",

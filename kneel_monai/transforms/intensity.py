@@ -11,9 +11,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
+from ..model_io import INTENSITY_REGIONS
 from .array import pixel_spacing
 
-__all__ = ["PercentileNormalise", "PercentileNormalised", "LocalContrast", "LocalContrastd"]
+__all__ = ["INTENSITY_REGIONS", "PercentileNormalise", "PercentileNormalised", "LocalContrast", "LocalContrastd"]
 
 
 class PercentileNormalise(Transform):
@@ -23,10 +24,11 @@ class PercentileNormalise(Transform):
     range is used instead; a constant image is an error naming the file, never a silent NaN.
     """
 
-    def __init__(self, lower: float = 5.0, upper: float = 99.0) -> None:
+    def __init__(self, lower: float = 5.0, upper: float = 99.0, constant_ok: bool = False) -> None:
         if not 0 <= lower < upper <= 100:
             raise ValueError(f"need 0 <= lower < upper <= 100, got {lower}, {upper}")
         self.lower, self.upper = lower / 100, upper / 100
+        self.constant_ok = constant_ok  # a ROI may be all background (a scan start off the film): zeros, no error
 
     @classmethod
     def from_preprocessing(cls, intensity: Mapping | None) -> PercentileNormalise:
@@ -37,7 +39,18 @@ class PercentileNormalise(Transform):
         if spec.get("kind", "percentile") not in ("percentile", "release_mean_std"):
             raise ValueError(f"unknown intensity kind {spec.get('kind')!r}; expected 'percentile' or "
                              "'release_mean_std'")
+        if spec.get("region", "image") not in INTENSITY_REGIONS:
+            raise ValueError(f"unknown intensity region {spec.get('region')!r}; expected one of {INTENSITY_REGIONS}")
         return cls(float(spec.get("lower", 5.0)), float(spec.get("upper", 99.0)))
+
+    @classmethod
+    def for_roi(cls, intensity: Mapping | None) -> PercentileNormalise | None:
+        """The second scaling, of each knee ROI to its own percentiles, when ``intensity["region"]`` is
+        ``"roi"``; None when the radiograph's scaling is the only one (``"image"``, the default)."""
+        base = cls.from_preprocessing(intensity)
+        if (intensity or {}).get("region", "image") != "roi":
+            return None
+        return cls(base.lower * 100, base.upper * 100, constant_ok=True)
 
     @property
     def spec(self) -> dict[str, float]:
@@ -51,6 +64,8 @@ class PercentileNormalise(Transform):
         lo, hi = torch.quantile(flat, torch.tensor([self.lower, self.upper])).tolist()
         if hi <= lo:
             lo, hi = float(x.min()), float(x.max())
+        if hi <= lo and self.constant_ok:
+            hi = lo + 1.0  # every pixel maps to 0
         if hi <= lo:
             name = img.meta.get("filename_or_obj", "image") if isinstance(img, MetaTensor) else "image"
             raise ValueError(f"{name}: constant image (every pixel is {lo}); nothing to normalise")
@@ -63,10 +78,10 @@ class PercentileNormalise(Transform):
 class PercentileNormalised(MapTransform):
     """Dictionary twin of :class:`PercentileNormalise`."""
 
-    def __init__(self, keys: KeysCollection, lower: float = 5.0, upper: float = 99.0,
+    def __init__(self, keys: KeysCollection, lower: float = 5.0, upper: float = 99.0, constant_ok: bool = False,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.normalise = PercentileNormalise(lower, upper)
+        self.normalise = PercentileNormalise(lower, upper, constant_ok)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
