@@ -61,7 +61,7 @@ class ScanSettings:
     Attributes:
         knee_shape_limit: a knee is reported present only when its shape distance is at most this.
             Annotated real knees lie below about 5 (the quality flag's limit); on the development
-            films no lateral view, foot or long-leg film gave any answer below 7.9 (0.3.2: about
+            films no lateral view, foot or long-leg film gave any answer below 7.8 (0.4.0: 7.89; about
             1,300 scan starts with size re-zooming).
         scan: look over the whole image when the stage-1 proposals do not give two knees.
         stride_mm: grid step of the scan (stage 2 pulls a start from about 50 mm onto a knee).

@@ -111,11 +111,14 @@ def test_fine_tuning_keeps_each_models_own_stage(tmp_path):
     from kneel_monai.training.stages import STAGES
 
     roi, landmarks = resolve_model_dirs(None)
-    assert (stage_of(roi), stage_of(landmarks)) == ("roi_cpu", "landmarks_cpu_clahe")  # the shipped models
+    assert (stage_of(roi), stage_of(landmarks)) == ("roi_cpu", "landmarks_cpu_roi_scaled")  # the shipped models
     other = tmp_path / "model"
     shutil.copytree(landmarks, other)
     cfg = json.loads((other / "model.json").read_text())
-    cfg["preprocessing"].pop("local_contrast")  # the same geometry without CLAHE: 0.2.0's stage
+    cfg["preprocessing"]["intensity"].pop("region")  # the same without the ROI scaling: 0.3.0's stage
+    (other / "model.json").write_text(json.dumps(cfg))
+    assert stage_of(other) == "landmarks_cpu_clahe"
+    cfg["preprocessing"].pop("local_contrast")  # and without CLAHE: 0.2.0's stage
     (other / "model.json").write_text(json.dumps(cfg))
     assert stage_of(other) == "landmarks_cpu"
     paper = STAGES["landmarks"]

@@ -70,12 +70,13 @@ def test_preprocessing_spec_is_validated():
 
 @pytest.fixture
 def clahe_model(tmp_path):
-    """The shipped landmark model's weights declared with CLAHE preprocessing (as 0.3.0 is)."""
+    """The shipped landmark model's weights declared with CLAHE preprocessing (as 0.3.0 was)."""
     src = default_model_dirs()[1]
     dst = tmp_path / "landmarks"
     shutil.copytree(src, dst)
     cfg = json.loads((dst / "model.json").read_text())
     cfg["preprocessing"]["local_contrast"] = dict(CLAHE)
+    cfg["preprocessing"]["intensity"].pop("region", None)  # CLAHE alone (the ROI scaling: test_roi_scaling.py)
     (dst / "model.json").write_text(json.dumps(cfg))
     return dst
 
@@ -84,6 +85,7 @@ def test_predictor_equalises_the_roi_before_padding_when_the_model_asks(clahe_mo
     roi_dir = default_model_dirs()[0]
     plain_model = load_model(default_model_dirs()[1])
     plain_model.preprocessing.pop("local_contrast", None)
+    plain_model.preprocessing["intensity"].pop("region", None)
     plain = KneelPredictor(roi_dir, plain_model, device="cpu")
     clahe = KneelPredictor(roi_dir, clahe_model, device="cpu")
     centre = np.array([(knee_roi.shape[-1] - 1) / 2, (knee_roi.shape[-2] - 1) / 2])

@@ -91,7 +91,7 @@ def test_train_resume_transfer_export(datalists, tmp_path):
 def test_one_stage_comparison_tolerates_float_noise_and_names_real_differences():
     from kneel_monai.training.stages import STAGES, StageConfig
 
-    shipped = STAGES["landmarks_cpu_clahe"]
+    shipped = STAGES["landmarks_cpu_roi_scaled"]
     noisy = StageConfig.from_preprocessing("landmarks", {**shipped.preprocessing, "spacing_mm": 0.6 + 1e-12})
     assert noisy.differences(shipped) == []  # a spacing read back from JSON is the same stage
     other = StageConfig.from_preprocessing("landmarks", {**shipped.preprocessing, "spacing_mm": 0.3,

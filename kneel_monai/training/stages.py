@@ -94,7 +94,7 @@ STAGES: dict[str, StageConfig] = {
     "roi_cpu": StageConfig("roi", 4.0, 130, 112, out_points=1, subset=None, key_radius_mm=10.0),
     "landmarks_cpu": StageConfig("landmarks", 0.6, 260, 224),
     # the same with CLAHE on every ROI: real crops (CLAHE-processed) and raw radiographs look alike to the
-    # network (docs/real_knees.md); the shipped landmark model since 0.3.0
+    # network (docs/real_knees.md); the shipped landmark model of 0.3.x
     "landmarks_cpu_clahe": StageConfig("landmarks", 0.6, 260, 224,
                                        local_contrast=(("clip_limit", 0.01), ("kind", "clahe"), ("tile_mm", 16.0))),
     # and each ROI scaled to its own percentiles before CLAHE, as the real crops were: a full film's percentiles
