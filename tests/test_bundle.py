@@ -112,9 +112,12 @@ def test_metadata_describes_both_models():
         # the metadata describes the shipped model files as they are
         crop = json.loads((CONFIGS.parent / "models" / name / "model.json").read_text())["preprocessing"]["crop_size"]
         assert fmt["inputs"]["image"]["num_channels"] == 1 and fmt["inputs"]["image"]["spatial_shape"] == [crop, crop]
-        assert fmt["outputs"]["coordinates"]["spatial_shape"] == [points, 2]
+        pred = fmt["outputs"]["pred"]  # the zoo's output key: one channel per point, (x, y) each
+        assert pred["num_channels"] == points and pred["spatial_shape"] == [2] and len(pred["channel_def"]) == points
         assert meta["kneel_models"][name]["paper_geometry"]["spatial_shape"] == [450, 450]
     assert meta["network_data_format"] == meta["kneel_models"]["landmarks"]["network_data_format"]
+    assert meta["roi_network_data_format"] == meta["kneel_models"]["roi"]["network_data_format"]  # zoo: <name>_data_format
+    assert meta["required_packages_version"]["kneel-monai"] == __version__  # the zoo's requirement scan reads this
 
 
 def test_train_then_resume_continues_the_epoch_count(trained, dataset):
@@ -213,7 +216,7 @@ def test_evaluate_pipeline_on_radiographs(tiny_models, dataset, tmp_path):
              roi_model_dir=str(tiny_models / "roi"), eval_fold="all", eval_max_items=1, min_confidence=0.0,
              device="$torch.device('cpu')")
     summary = wf.parser.get_parsed_content("pipeline_evaluation")
-    out = tmp_path / "runs" / "landmarks_fold0" / "eval" / "pipeline"
+    out = tmp_path / "runs" / "landmarks_cpu_roi_scaled_fold0" / "eval" / "pipeline"  # the default stage
     assert summary["kind"] == "pipeline" and summary["refine"] is True and summary["n_knees"] == 2
     rows = read_csv(out / "errors.csv")
     assert len(rows) == 2 and {r["side"] for r in rows} == {"R", "L"}
@@ -277,7 +280,7 @@ def test_ckpt_export_equals_eager(trained, tmp_path):
                 key_in_ckpt="network", use_trace=True, converter_kwargs={"check_trace": False},
                 stage="landmarks_cpu", network_args=NET)
     scripted, meta, extra = load_net_with_metadata(str(ts_path), more_extra_files=("train.json",))
-    assert meta["network_data_format"]["outputs"]["coordinates"]["spatial_shape"] == [16, 2]
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 16
     assert "network_def" in json.loads(extra["train.json"])
     eager = build_network(out_points=16, **NET)
     payload = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -12,6 +12,8 @@ from .engine import (
 from .stages import (
     STAGES,
     StageConfig,
+    check_network_fits,
+    default_network_args,
     export_stage_model,
     prepare_datalist,
     stage_config,
@@ -30,6 +32,8 @@ __all__ = [
     "transfer_weights",
     "STAGES",
     "StageConfig",
+    "check_network_fits",
+    "default_network_args",
     "export_stage_model",
     "prepare_datalist",
     "stage_config",

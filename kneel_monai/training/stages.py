@@ -21,8 +21,8 @@ from ..data.datalists import read_datalist, split_folds
 from ..data.pipelines import landmark_stage_transforms, roi_stage_transforms
 from ..model_io import save_model
 
-__all__ = ["StageConfig", "STAGES", "stage_config", "stage_transforms", "stage_datasets", "stage_loaders",
-           "export_stage_model"]
+__all__ = ["StageConfig", "STAGES", "stage_config", "default_network_args", "check_network_fits", "stage_transforms",
+           "stage_datasets", "stage_loaders", "export_stage_model"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,28 @@ def stage_config(name: str) -> StageConfig:
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; choose one of {sorted(STAGES)}")
     return STAGES[name]
+
+
+def default_network_args(stage: StageConfig) -> dict[str, Any]:
+    """The network a stage's geometry is published with: the paper's (N 24, depth 6) for its 450 px inputs, the
+    shipped CPU models' (N 16, depth 4) for the smaller ones — so that no stage starts with a network too deep for
+    its input (a bundle's default for ``network_args``; an override replaces it)."""
+    width, depth = (24, 6) if stage.crop_size >= 450 else (16, 4)
+    return {"preset": "paper", "in_channels": 1, "width": width, "depth": depth, "block": "hmp"}
+
+
+def check_network_fits(network: torch.nn.Module, stage: StageConfig, stage_name: str = "") -> None:
+    """Refuse, before any data is made or read, a network whose hourglass cannot take the stage's input
+    (each level halves it; after the 4x smaller entry it must stay >= 1 pixel) or predicts another number of points."""
+    depth, points = int(getattr(network, "depth", 0)), int(getattr(network, "out_points", stage.out_points))
+    name = f"stage {stage_name!r}" if stage_name else f"the {stage.task} stage"
+    if stage.crop_size // 4 < 2 ** depth:
+        deepest = max(d for d in range(1, 9) if stage.crop_size // 4 >= 2 ** d)
+        raise ValueError(f"network_args: an hourglass of depth {depth} needs inputs of at least {4 * 2 ** depth} px, "
+                         f"{name} crops {stage.crop_size} px; use depth <= {deepest} (or leave network_args out: "
+                         f"{default_network_args(stage)})")
+    if points != stage.out_points:
+        raise ValueError(f"network_args: the network predicts {points} points, {name} needs {stage.out_points}")
 
 
 def stage_transforms(stage: StageConfig, train: bool, cutout: float = 0.1):
