@@ -116,7 +116,7 @@ def test_metadata_describes_both_models():
         assert pred["num_channels"] == points and pred["spatial_shape"] == [2] and len(pred["channel_def"]) == points
         assert meta["kneel_models"][name]["paper_geometry"]["spatial_shape"] == [450, 450]
     assert meta["network_data_format"] == meta["kneel_models"]["landmarks"]["network_data_format"]
-    assert meta["roi_network_data_format"] == meta["kneel_models"]["roi"]["network_data_format"]  # zoo: <name>_data_format
+    assert meta["roi_network_data_format"] == meta["kneel_models"]["roi"]["network_data_format"]  # <name>_data_format
     assert meta["required_packages_version"]["kneel-monai"] == __version__  # the zoo's requirement scan reads this
 
 
