@@ -98,6 +98,10 @@ def check(tokens: list[str]) -> str:
         if rest[:2] == ["-m", "monai.bundle"]:
             action = rest[2]
             args = rest[3:]
+            if action == "verify_metadata":  # the zoo's schema check: the metadata file exists
+                meta = args[args.index("--meta_file") + 1]
+                assert (BUNDLE / meta).is_file() or (REPO / meta).is_file(), f"no metadata file {meta}"
+                return f"{meta} exists"
             target = args[0] if args and not args[0].startswith("--") else ("run" if action == "run" else None)
             files = args[args.index("--config_file") + 1]
             files = json.loads(files.replace("'", '"')) if files.startswith("[") else [files]
