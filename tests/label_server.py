@@ -13,6 +13,7 @@ All server state (sessions, trained models, scores, matplotlib cache) is under `
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -94,3 +95,25 @@ def wait_for_training(url: str, timeout: float = 300.0) -> dict:
 
 def python() -> str:
     return sys.executable
+
+
+def stock_client_label(tmp_path: Path, boxes: int) -> bytes:
+    """What MONAI Label's own Slicer client submits for a detection-type model (its
+    ``onGenerateJSONFromMulipltROIs``): every ROI node of the scene saved by Slicer's markups JSON storage
+    node, the ``markups`` entries gathered under one ``@schema``."""
+    import slicer
+    from slicer import vtkMRMLScene
+
+    scene = vtkMRMLScene()
+    entries = []
+    for i in range(boxes):
+        roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"box {i}")
+        roi.SetCenter(100 + 50 * i, 80, 0)
+        roi.SetSize(60, 40, 1)
+        storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+        storage.SetFileName(str(tmp_path / f"box{i}.json"))
+        assert storage.WriteData(roi)
+        entries.append(json.loads((tmp_path / f"box{i}.json").read_text())["markups"][0])
+    schema = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
+              "markups-schema-v1.0.3.json#")  # as the client writes it
+    return json.dumps({"@schema": schema, "markups": entries}).encode()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from label_server import require_monailabel
+from label_server import require_monailabel, stock_client_label
 
 from kneel_monai.inference import KneeResult, RadiographResult
 from kneel_monai.io.markups import markups_dict
@@ -79,6 +79,15 @@ def test_bad_labels(content, status, words):
     with pytest.raises(LabelError) as info:
         parse_label(content if isinstance(content, bytes) else json.dumps(content))
     assert info.value.status == status and words in str(info.value)
+
+
+@pytest.mark.parametrize("boxes, words", [(2, "markup 0 is a box (ROI)"), (0, "label holds no markup")])
+def test_the_stock_monailabel_client_gets_told_what_to_do(tmp_path, boxes, words):
+    """Its detection path can only send boxes (or nothing); the answer says why it cannot work and what does."""
+    with pytest.raises(LabelError) as info:
+        parse_label(stock_client_label(tmp_path, boxes))
+    assert info.value.status == 422
+    assert words in str(info.value) and "Kneel Landmarks module" in str(info.value)
 
 
 def test_one_knee_marked_absent_is_accepted():

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 import requests  # noqa: E402 — a test dependency (the label extra): missing is an error, not a skip
-from label_server import require_monailabel, running_label_server, wait_for_training
+from label_server import require_monailabel, running_label_server, stock_client_label, wait_for_training
 
 SEEDS = (9_500_100, 9_500_101, 9_500_102, 9_500_103)
 ONE_KNEE_SEED = 9_500_104
@@ -146,7 +146,7 @@ def _bad_cases(good: dict):
             ("../knee_2", json.dumps(good).encode(), 400, "invalid image id")]
 
 
-def test_bad_input_is_rejected_and_nothing_stored(server, studies):
+def test_bad_input_is_rejected_and_nothing_stored(server, studies, tmp_path):
     good = json.loads(infer(server, "knee_2", output="image"))
     before = stored(studies)
     for image, content, status, words in _bad_cases(good):
@@ -159,6 +159,12 @@ def test_bad_input_is_rejected_and_nothing_stored(server, studies):
     r = requests.put(f"{server}/datastore/label", params={"image": "knee_2", "tag": "../evil"},
                      files={"label": ("label.mrk.json", json.dumps(good).encode())}, timeout=60)
     assert r.status_code == 400 and "invalid label tag" in r.json()["detail"]
+    # MONAI Label's own Slicer client, as it submits for a detection model: the scene's boxes, no tag, a temp name
+    r = requests.put(f"{server}/datastore/label", params={"image": "knee_2"},
+                     data={"params": json.dumps({"label_info": [], "model": "kneel_landmarks"})},
+                     files={"label": ("tmpk3x9.json", stock_client_label(tmp_path, 1))}, timeout=60)
+    assert r.status_code == 422 and "is a box (ROI)" in r.json()["detail"], r.text
+    assert "Kneel Landmarks module" in r.json()["detail"]
     assert stored(studies) == before
     assert not (studies / "studies" / "notes.png").exists()
     assert requests.get(server + "/info/").json()["datastore"]["total"] == len(SEEDS) + 1

@@ -24,8 +24,8 @@ import numpy as np
 from ..io.markups import KNEE_NAMES, lps_to_pixels
 from ..landmarks import LANDMARKS, NUM_LANDMARKS, SIDES
 
-__all__ = ["LabelError", "ParsedLabel", "check_id", "parse_label", "label_to_pixels", "label_to_ground_truth",
-           "epistemic_score", "LABEL_EXT"]
+__all__ = ["LabelError", "ParsedLabel", "STOCK_CLIENT_HINT", "check_id", "parse_label", "label_to_pixels",
+           "label_to_ground_truth", "epistemic_score", "LABEL_EXT"]
 
 LABEL_EXT = ".mrk.json"
 _SIDE_OF_NAME = {v: k for k, v in KNEE_NAMES.items()}
@@ -101,6 +101,14 @@ def _points(markup: dict[str, Any], where: str) -> np.ndarray:
     return lps
 
 
+#: what to do when MONAI Label's own Slicer client submits: for a detection-type model it sends the scene's ROI
+#: boxes (every vtkMRMLMarkupsROINode), never point lists, so it cannot carry landmark corrections
+STOCK_CLIENT_HINT = ("MONAI Label's own Slicer client sends the scene's boxes (ROI markups) for a detection model; "
+                     "this app's labels are the 16 landmarks of each knee as fiducial markups: correct the "
+                     "proposed points and submit them with the Kneel Landmarks module ('Submit label'), or PUT "
+                     "the .mrk.json the server proposed, corrected (see the project's docs/label.md)")
+
+
 def parse_label(content: bytes | str | dict[str, Any]) -> ParsedLabel:
     """Check a knee ``.mrk.json`` and return its points (LPS mm) per knee.
 
@@ -131,10 +139,14 @@ def parse_label(content: bytes | str | dict[str, Any]) -> ParsedLabel:
     absent = kneel.get("absent_knees") or {}
     if not isinstance(absent, dict):
         raise LabelError("kneel.absent_knees must be an object (side → reason)", 422)
+    if not markups and not absent:
+        raise LabelError(f"label holds no markup. {STOCK_CLIENT_HINT}", 422)
     out = ParsedLabel(R=None, L=None)
     for i, markup in enumerate(markups):
         if not isinstance(markup, dict):
             raise LabelError(f"markup {i} is not an object", 422)
+        if markup.get("type") == "ROI":
+            raise LabelError(f"markup {i} is a box (ROI), not knee landmarks. {STOCK_CLIENT_HINT}", 422)
         name = markup.get("name")
         side = _SIDE_OF_NAME.get(name)
         if markup.get("type") != "Fiducial" or side is None:
