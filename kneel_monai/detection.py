@@ -98,6 +98,8 @@ class ScanSettings:
     centred_fraction: float = 0.15
 
     def __post_init__(self) -> None:
+        for name in ("zooms", "proposal_zooms", "zoom_range"):  # a config or JSON gives lists
+            object.__setattr__(self, name, tuple(float(z) for z in getattr(self, name)))
         if self.knee_shape_limit is not None and not self.knee_shape_limit > 0:
             raise ValueError(f"knee_shape_limit must be > 0 or None, got {self.knee_shape_limit}")
         if not (self.stride_mm > 0 and self.same_knee_mm > 0 and self.keep >= 1 and self.side_margin >= 0):

@@ -130,3 +130,27 @@ def test_the_zoo_run_id_trains_and_a_bad_network_stops_before_any_data(tmp_path)
     wf.finalize()
     exported = tmp_path / "ok" / "runs" / "model_landmarks_cpu_roi_scaled"
     assert load_model(exported).preprocessing == STAGES["landmarks_cpu_roi_scaled"].preprocessing
+
+
+def test_the_inference_config_shows_its_pieces_and_an_override_swaps_one(tmp_path):
+    """The detection settings and quality limits are config items (the code's defaults, tied here); overriding
+    one changes what the bundle does: with a shape limit no knee can meet, the sample's knees are reported absent."""
+    from kneel_monai.detection import ScanSettings
+    from kneel_monai.quality import QualityThresholds
+
+    sample = REPO_ROOT / "samples" / "synthetic_bilateral_knee.dcm"
+
+    def infer(out, **override):
+        wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=str(META), logging_file=False,
+                            workflow_type=None, bundle_root=str(BUNDLE), input_dir=str(sample), output_dir=str(out),
+                            formats=["json"], device="cpu", **override)
+        wf.initialize()
+        assert wf.parser.get_parsed_content("quality") == QualityThresholds()
+        scan = wf.parser.get_parsed_content("scan")
+        wf.run()
+        return scan, json.loads((out / "synthetic_bilateral_knee.json").read_text())["knees"]
+
+    scan, knees = infer(tmp_path / "default")
+    assert scan == ScanSettings() and all(k["present"] for k in knees.values())
+    scan, knees = infer(tmp_path / "strict", **{"scan#knee_shape_limit": 0.01})
+    assert scan.knee_shape_limit == 0.01 and not any(k["present"] for k in knees.values())
