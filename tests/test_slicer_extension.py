@@ -8,6 +8,8 @@ Slicer loads it, and Slicer's own packages left alone.
 import ast
 import importlib.util
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,43 @@ def test_dependency_checks_see_what_is_installed():
     assert dependencies.kneel_importable() is None
     with pytest.raises(ValueError):
         dependencies.requirement_name("  ")
+
+
+def test_the_self_test_fails_saying_what_to_install_when_packages_are_missing():
+    """A Python without the module's packages (isolated: no site-packages): the self-test's first check raises."""
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('deps', sys.argv[1]); "
+            "deps = importlib.util.module_from_spec(spec); spec.loader.exec_module(deps); "
+            "deps.require_dependencies(deps.read_requirements(sys.argv[2]))")
+    files = [str(MODULE_DIR / "KneelLandmarksLib" / "dependencies.py"),
+             str(MODULE_DIR / "Resources" / "requirements.txt")]
+    run = subprocess.run([sys.executable, "-I", "-S", "-c", code, *files], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0, run.stdout
+    message = run.stderr.strip().splitlines()[-1]
+    assert message.startswith("deps.MissingDependencies: Kneel Landmarks cannot run (nor be tested)"), run.stderr
+    for words in ("torch (PyTorch extension)", "monai>=", "pydicom>=", "click Apply once", "slicer.util.pip_install('"):
+        assert words in message, words
+
+
+def test_the_dependency_check_passes_only_when_everything_is_installed():
+    requirements = dependencies.read_requirements(MODULE_DIR / "Resources" / "requirements.txt")
+    assert dependencies.missing_dependencies(requirements) == []
+    dependencies.require_dependencies(requirements)  # this environment has them all
+    with pytest.raises(dependencies.MissingDependencies, match=r"lacks no-such-distribution-kneel-test>=1\."):
+        dependencies.require_dependencies([*requirements, "no-such-distribution-kneel-test>=1"])
+
+
+def test_the_self_test_fails_instead_of_skipping():
+    """Every test method of KneelLandmarksTest gets its logic from ``_logic``, which raises when it cannot test."""
+    source = (MODULE_DIR / "KneelLandmarks.py").read_text(encoding="utf-8")
+    assert "Skipped" not in source
+    tree = ast.parse(source)
+    (test_class,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KneelLandmarksTest"]
+    methods = {n.name: n for n in test_class.body if isinstance(n, ast.FunctionDef)}
+    calls = {ast.unparse(n.func) for n in ast.walk(methods["_logic"]) if isinstance(n, ast.Call)}
+    assert "dependencies.require_dependencies" in calls
+    assert not [n for n in ast.walk(methods["_logic"]) if isinstance(n, ast.If)], "_logic must not branch around it"
+    tests = [m for name, m in methods.items() if name.startswith("test_")]
+    assert len(tests) == 2
+    for method in tests:
+        assert ast.unparse(method.body[0]) == "logic = self._logic()", method.name
+        assert not [n for n in ast.walk(method) if isinstance(n, ast.Return)], f"{method.name} returns early"

@@ -440,11 +440,7 @@ class KneelLandmarksLogic(ScriptedLoadableModuleLogic, LandmarksLogic):
         return dependencies.read_requirements(os.path.join(self.moduleDir, "Resources", "requirements.txt"))
 
     def dependenciesReady(self) -> bool:
-        import importlib.util
-
-        return (importlib.util.find_spec("torch") is not None
-                and not dependencies.missing_requirements(self.requirements())
-                and dependencies.kneel_importable() is None)
+        return not dependencies.missing_dependencies(self.requirements())
 
     def setupDependencies(self, askConfirmation: bool = True) -> bool:
         """Install what is missing (PyTorch through the PyTorch extension, the rest with pip), after asking.
@@ -504,23 +500,18 @@ class KneelLandmarksTest(ScriptedLoadableModuleTest):
         self.test_KneelLandmarksOnSyntheticRadiograph()
 
     def _logic(self):
+        """The module's logic; fails (MissingDependencies, saying what to install) when it cannot be tested."""
         logic = KneelLandmarksLogic()
-        if not logic.dependenciesReady():
-            self.delayDisplay("Skipped: the module's Python packages are not installed (click Apply once).")
-            return None
+        dependencies.require_dependencies(logic.requirements())
         return logic
 
     def test_KneelLandmarksBadInputs(self):
         logic = self._logic()
-        if logic is None:
-            return
         messages = kneeltesting.check_bad_inputs(logic, slicer.mrmlScene)
         self.delayDisplay("Bad inputs refused: " + "; ".join(messages))
 
     def test_KneelLandmarksOnSyntheticRadiograph(self):
         logic = self._logic()
-        if logic is None:
-            return
         scene = slicer.mrmlScene
         volume, sample = kneeltesting.synthetic_knee_volume(scene, 9_100_002)
         request = logic.prepare(volume, device="auto")

@@ -14,14 +14,16 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import sys
 from pathlib import Path
 
 __all__ = [
-    "PACKAGE_FOLDER", "add_package_root_to_path", "kneel_importable", "mismatched_requirements",
-    "missing_requirements", "package_root", "read_requirements", "requirement_name",
+    "PACKAGE_FOLDER", "MissingDependencies", "add_package_root_to_path", "kneel_importable", "mismatched_requirements",
+    "missing_dependencies", "missing_requirements", "package_root", "read_requirements", "require_dependencies",
+    "requirement_name",
 ]
 
 #: the folder the extension build installs kneel_monai (and the shipped models) into, beside the module
@@ -93,3 +95,36 @@ def kneel_importable() -> str | None:
     except Exception as err:  # noqa: BLE001 — any import failure means "not ready"
         return f"{type(err).__name__}: {err}"
     return None
+
+
+class MissingDependencies(RuntimeError):
+    """The module's Python packages are not all installed: it cannot run, and its self-test cannot test."""
+
+
+def missing_dependencies(requirements: list[str]) -> list[str]:
+    """What the module cannot run without: PyTorch, missing requirements, or a ``kneel_monai`` failing to import."""
+    missing = [] if importlib.util.find_spec("torch") else ["torch (PyTorch extension)"]
+    missing += missing_requirements(requirements)
+    if not missing:  # only then: importing kneel_monai pulls in torch and MONAI
+        error = kneel_importable()
+        if error is not None:
+            missing.append(f"kneel_monai ({error})")
+    return missing
+
+
+def require_dependencies(requirements: list[str]) -> None:
+    """Raise :class:`MissingDependencies` naming what is missing and how to install it.
+
+    The self-test calls this first: a test that cannot run must fail, not report success.
+    """
+    missing = missing_dependencies(requirements)
+    if not missing:
+        return
+    to_pip = missing_requirements(requirements)
+    raise MissingDependencies(
+        "Kneel Landmarks cannot run (nor be tested): Slicer's Python lacks " + ", ".join(missing) + ". "
+        "To install them, open the Kneel Landmarks module and click Apply once: it lists what is missing and "
+        "installs it (PyTorch through the PyTorch extension, the rest from Resources/requirements.txt)"
+        + (f"; or install the PyTorch extension and run slicer.util.pip_install({' '.join(to_pip)!r}) "
+           "in Slicer's Python console" if to_pip else "")
+        + ". Then run the test again.")
