@@ -60,7 +60,7 @@ def test_the_module_cmakelists_lists_every_file():
     assert re.search(r"slicerMacroBuildScriptedModule\(.*WITH_GENERIC_TESTS", text, re.DOTALL)
     assert "add_subdirectory(Testing)" in text
     patterns = re.findall(r'"\$\{KNEEL_SOURCE_DIR\}/([^"]*\*[^"]*)"', text)  # kneel_monai + models beside the module
-    assert len(patterns) == 4, patterns
+    assert len(patterns) == 5, patterns
     for pattern in patterns:  # GLOB_RECURSE: folder/**/name
         folder, name = pattern.rsplit("/", 1)
         assert list((REPO_ROOT / folder).rglob(name)), pattern
@@ -149,3 +149,19 @@ def test_the_self_test_fails_instead_of_skipping():
     for method in tests:
         assert ast.unparse(method.body[0]) == "logic = self._logic()", method.name
         assert not [n for n in ast.walk(method) if isinstance(n, ast.Return)], f"{method.name} returns early"
+
+
+def test_the_sample_radiograph_ships_with_the_module_and_is_registered_at_startup():
+    """The build copies the sample beside the module; the module registers it when Slicer has started."""
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    patterns = re.findall(r'"\$\{KNEEL_SOURCE_DIR\}/([^"]*\*[^"]*)"', text)
+    sample = REPO_ROOT / "samples" / "synthetic_bilateral_knee.dcm"
+    assert any(sample in (REPO_ROOT / p.rsplit("/", 1)[0]).rglob(p.rsplit("/", 1)[1]) for p in patterns), patterns
+    assert "Resources/Icons/KneelSyntheticBilateralKnee.png" in _cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    tree = ast.parse((MODULE_DIR / "KneelLandmarks.py").read_text(encoding="utf-8"))
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    (module_class,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KneelLandmarks"]
+    calls = {ast.unparse(n) for n in ast.walk(module_class) if isinstance(n, ast.Call)}
+    assert "slicer.app.connect('startupCompleted()', registerSampleData)" in calls
+    register_calls = {ast.unparse(n.func) for n in ast.walk(functions["registerSampleData"]) if isinstance(n, ast.Call)}
+    assert "kneelsampledata.register_sample_data" in register_calls

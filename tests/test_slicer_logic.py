@@ -418,3 +418,67 @@ def test_the_module_names_the_sides_as_the_library_does():
     from kneel_monai.landmarks import SIDES
 
     assert logic._SIDES == SIDES  # a copy only because Slicer loads the module before kneel_monai is installed
+
+
+# --- the sample radiograph in Slicer's Sample Data module ------------------------------------------------------
+
+class SampleDataLogicStandIn:
+    """Records what the module registers. Slicer's SampleData module needs Slicer's application and Qt, so its
+    ``SampleDataLogic.registerCustomSampleDataSource`` is stood in for, with its signature (Slicer 5.10–5.13)."""
+
+    def __init__(self):
+        self.sources = []
+
+    def registerCustomSampleDataSource(self, category="Custom", sampleName=None, uris=None, fileNames=None,
+                                       nodeNames=None, customDownloader=None, thumbnailFileName=None,
+                                       loadFileTypes=None, loadFiles=None, loadFileProperties={}, checksums=None,
+                                       loadFileType=None):  # Slicer's own signature, mutable default included
+        self.sources.append({"category": category, "sampleName": sampleName, "uris": uris, "fileNames": fileNames,
+                             "nodeNames": nodeNames, "thumbnailFileName": thumbnailFileName,
+                             "loadFileTypes": loadFileTypes, "loadFileProperties": loadFileProperties,
+                             "checksums": checksums})
+
+
+def test_the_sample_radiograph_is_registered_and_loads_as_sample_data_loads_it(tmp_path):
+    """Registered from the module's own files; fetched as Sample Data fetches a URI (urlretrieve into its cache,
+    then the checksum); read by Slicer's volume reader; the module prepares it with the DICOM's true spacing."""
+    import hashlib
+    import urllib.request
+
+    from KneelLandmarksLib import sampledata
+    from PIL import Image
+
+    logic = SampleDataLogicStandIn()
+    assert sampledata.register_sample_data(logic, MODULE_DIR)
+    (source,) = logic.sources
+    assert source["category"] == "Kneel Landmarks" and source["sampleName"] == "KneelSyntheticBilateralKnee"
+    thumbnail = Image.open(source["thumbnailFileName"])
+    assert thumbnail.format == "PNG" and 200 <= thumbnail.width <= 300 and 200 <= thumbnail.height <= 300
+    assert source["uris"].startswith("file:"), "the sample must come with the module, not be downloaded"
+    cached = tmp_path / source["fileNames"]
+    urllib.request.urlretrieve(source["uris"], cached)  # SampleDataLogic.downloadFile
+    algo, digest = source["checksums"].split(":")
+    assert hashlib.new(algo, cached.read_bytes()).hexdigest() == digest
+    assert cached.read_bytes() == (REPO_ROOT / "samples" / "synthetic_bilateral_knee.dcm").read_bytes()
+
+    scene = vtkMRMLScene()
+    assert source["loadFileTypes"] == "VolumeFile" and source["loadFileProperties"] == {"singleFile": True}
+    volume = kt.read_volume_file(scene, cached)  # Slicer's volume reader, one file (singleFile)
+    assert volume.GetImageData().GetDimensions() == (1900, 1600, 1)
+    request = LandmarksLogic(scene).prepare(volume, device="cpu")
+    assert request.radiograph.spacing.spacing_mm == (0.2, 0.2)  # ImagerPixelSpacing, read from the cached file
+
+
+def test_the_installed_extension_registers_its_own_copy_of_the_sample(tmp_path):
+    from KneelLandmarksLib import sampledata
+
+    module_dir = tmp_path / "KneelLandmarks"  # the build's layout: KneelLandmarksPackage/ beside the module
+    package = module_dir / "KneelLandmarksPackage"
+    (package / "kneel_monai").mkdir(parents=True)
+    (package / "kneel_monai" / "__init__.py").write_text("")
+    logic = SampleDataLogicStandIn()
+    assert not sampledata.register_sample_data(logic, module_dir) and logic.sources == []  # no sample: nothing
+    (package / "samples").mkdir()
+    shutil.copy(REPO_ROOT / "samples" / "synthetic_bilateral_knee.dcm", package / "samples")
+    assert sampledata.register_sample_data(logic, module_dir)
+    assert logic.sources[0]["uris"] == (package / "samples" / "synthetic_bilateral_knee.dcm").as_uri()

@@ -22,6 +22,7 @@ from KneelLandmarksLib import (
     LandmarksLogic,
     dependencies,
 )
+from KneelLandmarksLib import sampledata as kneelsampledata
 from KneelLandmarksLib import testing as kneeltesting
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
@@ -59,6 +60,24 @@ The KNEEL method: A. Tiulpin, I. Melekhov, S. Saarakkala, "KNEEL: Knee Anatomica
 Localization Using Hourglass Networks", ICCV 2019 workshops (arXiv:1907.12237). Built on MONAI
 and 3D Slicer's scripted-module template.
 """)
+
+        # Additional initialization step after application startup is complete
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Register sample data sets in Sample Data module
+#
+
+
+def registerSampleData():
+    """Add the sample radiograph to the Sample Data module. The file ships with the module: nothing is downloaded."""
+    import SampleData
+
+    logic = SampleData.SampleDataLogic
+    if hasattr(logic, "registerCustomSampleDataCategory"):  # Slicer 5.12 and later: a translatable category title
+        logic.registerCustomSampleDataCategory(kneelsampledata.CATEGORY, title=_("Kneel Landmarks"))
+    kneelsampledata.register_sample_data(logic, os.path.dirname(os.path.abspath(__file__)))
 
 
 #
