@@ -187,6 +187,18 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     return 1 if summary["n_failed"] else 0
 
 
+def _cmd_worker(ns: argparse.Namespace) -> int:
+    from .inference import KneelPredictor, resolve_model_dirs
+    from .worker import run_worker
+
+    roi_dir, landmark_dir = resolve_model_dirs(ns.model, None)
+    try:
+        predictor = KneelPredictor(roi_dir, landmark_dir, device=ns.device, refine=not ns.no_refine)
+    except RuntimeError as err:  # e.g. --device cuda without a GPU
+        raise CommandError(str(err)) from None
+    return run_worker(predictor, [str(roi_dir), str(landmark_dir)])
+
+
 def _cmd_label_server(ns: argparse.Namespace) -> int:
     import shutil
     import subprocess
@@ -313,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--model", help="starting models (as for `kneel predict --model`; default the shipped ones)")
     label.add_argument("--app", help="the app folder (default: monailabel_app beside the package)")
     label.set_defaults(func=_cmd_label_server)
+
+    work = sub.add_parser("worker", help="a warm prediction process: one JSON request per stdin line, one JSON answer "
+                          "per stdout line (the 3D Slicer module keeps one; see kneel_monai/worker.py)")
+    work.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    work.add_argument("--model", help="as for kneel predict (default: the shipped models)")
+    work.add_argument("--no-refine", action="store_true", help="skip the refinement pass")
+    work.set_defaults(func=_cmd_worker)
 
     from .synthetic.cli import add_synth_parser  # `kneel synth` lives with the generator
 

@@ -77,7 +77,7 @@ def predictor():
 def predicted(predictor):
     """A scene with the synthetic radiograph, the checked request and the in-process prediction."""
     scene = vtkMRMLScene()
-    logic = LandmarksLogic(scene)
+    logic = LandmarksLogic(scene, warm=False)  # the one-shot `kneel predict` path (the warm one: tests below)
     volume, sample = kt.synthetic_knee_volume(scene, SEED)
     request = logic.prepare(volume, device="cpu")
     prediction = logic.predict_in_process(request, predictor)
@@ -340,7 +340,7 @@ def test_spacing_trap_found_through_the_dicom_database(tmp_path):
 def background_runs(predicted, tmp_path_factory):
     """Two background predictions run side by side: the real one, and one whose weights are truncated."""
     scene = predicted["scene"]
-    logic = LandmarksLogic(scene, package_root=REPO_ROOT)  # kneel_monai from a source folder, as in Slicer
+    logic = LandmarksLogic(scene, package_root=REPO_ROOT, warm=False)  # kneel_monai from a source folder
     broken = tmp_path_factory.mktemp("broken") / "models"
     shutil.copytree(Path(default_model_dirs()[0]).parent, broken)
     weights = broken / "landmarks" / "fold_0.safetensors"
@@ -403,6 +403,70 @@ def test_a_killed_background_process_reports_it(predicted):
     job.close()
     assert status.state == FAILED and "killed (SIGKILL)" in status.message
     assert not job.work_dir.exists()
+
+
+# --------------------------------------------------------------------------- the warm process of a session
+@pytest.fixture(scope="module")
+def warm(predicted):
+    """The module's default: one ``kneel worker`` for the session, run from the source folder as in Slicer."""
+    logic = LandmarksLogic(predicted["scene"], package_root=REPO_ROOT)
+    yield logic
+    logic.stop_worker()
+
+
+def test_the_warm_process_serves_radiograph_after_radiograph(predicted, warm):
+    first = warm.start_prediction(predicted["request"])
+    assert first.poll().message.startswith("starting: loading PyTorch")
+    assert first.wait(timeout=240).state == DONE
+    worker = warm._worker
+    pid = worker.process.pid
+    second = warm.start_prediction(predicted["request"])
+    status = second.wait(timeout=120)
+    assert status.state == DONE and "restarted" not in status.message
+    assert worker.process.pid == pid and worker.starts == 1  # the same process: models loaded once
+    for job in (first, second):
+        prediction = job.result()
+        assert not job.work_dir.exists()
+        for side in ("R", "L"):
+            assert np.allclose(prediction["knees"][side]["landmarks_px"],
+                               predicted["prediction"]["knees"][side]["landmarks_px"], atol=1e-3)
+
+
+def test_a_failing_radiograph_leaves_the_warm_process_usable(predicted, warm, tmp_path):
+    worker = warm._worker_for(predicted["request"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "radiograph.nrrd").write_bytes(b"NRRD0004\ntype: short\ndimension: 2\n")  # a header, cut short
+    status = worker.submit(bad / "radiograph.nrrd", bad / "out", bad).wait(timeout=240)
+    assert status.state == FAILED and "radiograph.nrrd" in status.message
+    pid = worker.process.pid
+    good = warm.start_prediction(predicted["request"])
+    assert good.wait(timeout=120).state == DONE and worker.process.pid == pid
+    good.close()
+
+
+def test_a_cancelled_or_killed_warm_process_is_started_again_and_says_so(predicted, warm):
+    job = warm.start_prediction(predicted["request"])
+    worker = warm._worker
+    starts = worker.starts
+    job.cancel()
+    assert job.poll().state == CANCELLED and not worker.alive and not job.work_dir.exists()
+    again = warm.start_prediction(predicted["request"])
+    assert "restarted the prediction process (the previous one ended: cancelled)" in again.poll().message
+    assert again.wait(timeout=240).state == DONE and worker.starts == starts + 1
+    again.close()
+    if os.name == "nt":
+        return
+    job = warm.start_prediction(predicted["request"])
+    os.killpg(worker.process.pid, signal.SIGKILL)  # e.g. the out-of-memory killer
+    status = job.wait(timeout=30)
+    job.close()
+    assert status.state == FAILED and "killed (SIGKILL)" in status.message and "starts the prediction process" \
+        in status.message
+    last = warm.start_prediction(predicted["request"])
+    assert "restarted the prediction process (the previous one ended: the prediction process was killed" \
+        in last.wait(timeout=240).message
+    last.close()
 
 
 def test_the_library_imports_without_kneel_monai_or_torch():

@@ -170,6 +170,7 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
         if self.logic is not None:
             self.logic.stop_observing()
+            self.logic.stop_worker()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -445,7 +446,7 @@ class KneelLandmarksLogic(ScriptedLoadableModuleLogic, LandmarksLogic):
         return KneelLandmarksParameterNode(super().getParameterNode())
 
     def start_prediction(self, request):
-        """The background ``kneel predict`` runs in ``PythonSlicer``, which Slicer puts on the PATH."""
+        """The background prediction process runs in ``PythonSlicer``, which Slicer puts on the PATH."""
         if shutil.which("PythonSlicer") is None:
             raise KneelInputError(_("PythonSlicer was not found on the PATH; the model cannot run in the background."))
         return LandmarksLogic.start_prediction(self, request)

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import results as rn
 from .geometry import ijk_to_ras_matrix, volume_spacing_row_col
-from .runner import PredictionJob, default_python, predict_command
+from .runner import PredictionJob, WarmJob, WarmWorker, default_python, predict_command, worker_command
 from .volume import KneelInputError, RadiographInput, prepare_radiograph, write_nrrd
 
 __all__ = [
@@ -125,11 +125,17 @@ class LandmarksLogic:
         env: the background process's environment (default: this process's).
         package_root: a folder holding ``kneel_monai/`` to run in the background process (default: the
             installed package).
+        warm: keep one background process for the session (``kneel worker``: PyTorch and the models load
+            once; the first Apply pays that, later ones only the prediction); False starts ``kneel predict``
+            for every radiograph.
     """
 
     def __init__(self, scene, file_for_instance: Callable[[str], str] | None = None, python: str | None = None,
-                 env: dict[str, str] | None = None, package_root: str | os.PathLike | None = None) -> None:
+                 env: dict[str, str] | None = None, package_root: str | os.PathLike | None = None,
+                 warm: bool = True) -> None:
         self.scene = scene
+        self.warm = warm
+        self._worker: WarmWorker | None = None
         self.file_for_instance = file_for_instance
         self.python = python or default_python()
         self.env = env
@@ -155,19 +161,36 @@ class LandmarksLogic:
         result = predictor.predict_image(radiograph_tensor(request.radiograph), request.radiograph.image_label)
         return result.to_dict()
 
-    def start_prediction(self, request: PredictionRequest) -> PredictionJob:
-        """Start ``kneel predict`` on the radiograph in a background process; poll the returned job."""
+    def start_prediction(self, request: PredictionRequest) -> PredictionJob | WarmJob:
+        """Predict the radiograph in a background process (the session's warm one, or a new ``kneel predict``);
+        poll the returned job."""
         work_dir = PredictionJob.new_work_dir()
         try:
             image = write_nrrd(request.radiograph.pixels, request.radiograph.spacing.spacing_mm,
                                work_dir / "radiograph.nrrd")
             out_dir = work_dir / "prediction"
+            if self.warm:
+                return self._worker_for(request).submit(image, out_dir, work_dir)
             command = predict_command(self.python, image, out_dir, request.device, request.refine,
                                       request.model_path, self.package_root)
             return PredictionJob(command, work_dir, out_dir / "radiograph.json", env=self.env).start()
         except BaseException:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
+
+    def _worker_for(self, request: PredictionRequest) -> WarmWorker:
+        """The session's warm process for these settings (another device, model or refinement: a new one)."""
+        command = worker_command(self.python, request.device, request.refine, request.model_path, self.package_root)
+        if self._worker is None or self._worker.command != command:
+            self.stop_worker()
+            self._worker = WarmWorker(command, env=self.env)
+        return self._worker
+
+    def stop_worker(self) -> None:
+        """End the session's warm process (the module's cleanup; a later Apply starts a new one)."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
 
     # ------------------------------------------------------------------ results into the scene
     def add_results(self, request: PredictionRequest, prediction: dict[str, Any]) -> KneelResultNodes:
