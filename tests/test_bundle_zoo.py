@@ -85,6 +85,11 @@ def test_monai_bundle_load_gives_the_shipped_landmark_network():
     x = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(net(x), shipped(x), atol=1e-5, rtol=0)
+    # weights of another network (the ROI model's: the same layers but one point) fail loudly, not a silent
+    # partial copy with a random output layer
+    with pytest.raises(ValueError, match=r"do not fit this network .* 2 of \d+ tensors were not in them .*out_conv"):
+        load(name=BUNDLE.name, bundle_dir=str(BUNDLE.parent), model_file="models/model_roi.pt", device="cpu",
+             workflow_type="train")
 
 
 @pytest.mark.parametrize("stage_name", sorted(STAGES))

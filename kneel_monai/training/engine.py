@@ -97,6 +97,7 @@ def transfer_weights(network: nn.Module, checkpoint: str | os.PathLike, skip_pre
     if missing:
         raise ValueError(f"{checkpoint}: cannot transfer into this network; no matching tensor for "
                          f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+    own = {k: v.clone() for k, v in own.items()}  # the skipped tensors are kept on purpose (ZooNetwork checks)
     own.update({k: source[k] for k in copied})
     network.load_state_dict(own)
     return copied
