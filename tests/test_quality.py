@@ -33,6 +33,37 @@ def test_each_rule_flags_with_its_reason(change, word):
     assert quality == "check" and len(reasons) == 1 and word in reasons[0], reasons
 
 
+T = QualityThresholds()
+#: (what is changed, its value at the limit (still ok), just beyond it (check), the reason's words)
+AT_AND_BEYOND = [
+    ("confidence", T.mean_confidence, T.mean_confidence - 1e-6, "low confidence"),
+    ("spread", T.max_spread_mm, T.max_spread_mm + 1e-6, "MC-dropout spread"),
+    ("shape_distance", T.max_shape_distance, T.max_shape_distance + 1e-6, "implausible shape"),
+    ("tibial_plateau_width_mm", T.plateau_width_mm[0], T.plateau_width_mm[0] - 1e-6, "tibial plateau width"),
+    ("tibial_plateau_width_mm", T.plateau_width_mm[1], T.plateau_width_mm[1] + 1e-6, "tibial plateau width"),
+    ("femoral_condyle_width_mm", T.condyle_width_mm[0], T.condyle_width_mm[0] - 1e-6, "femoral condyle width"),
+    ("femoral_condyle_width_mm", T.condyle_width_mm[1], T.condyle_width_mm[1] + 1e-6, "femoral condyle width"),
+    ("joint_line_angle_deg", T.max_abs_angle_deg, T.max_abs_angle_deg + 1e-6, "joint-line angle"),
+    ("joint_line_angle_deg", -T.max_abs_angle_deg, -T.max_abs_angle_deg - 1e-6, "joint-line angle"),
+    ("lateral_jsw_mm", T.max_jsw_mm, T.max_jsw_mm + 1e-6, "lateral joint space width"),
+    ("medial_jsw_mm", T.max_jsw_mm, T.max_jsw_mm + 1e-6, "medial joint space width"),
+]
+
+
+@pytest.mark.parametrize("name, at, beyond, words", AT_AND_BEYOND)
+def test_each_rule_at_its_limit_is_ok_and_just_beyond_is_check(name, at, beyond, words):
+    def assess(value):
+        confidence = np.full(16, value) if name == "confidence" else np.full(16, 0.55)
+        spread = np.r_[np.full(15, 0.5), value] if name == "spread" else None
+        shape = value if name == "shape_distance" else None
+        measurements = {**GOOD, name: value} if name in GOOD else GOOD
+        return assess_knee(confidence, measurements, spread, shape_distance=shape)
+
+    assert assess(at) == ("ok", [])
+    quality, reasons = assess(beyond)
+    assert quality == "check" and len(reasons) == 1 and words in reasons[0], reasons
+
+
 def test_thresholds_are_settable():
     strict = QualityThresholds(mean_confidence=0.5)
     assert assess_knee(np.full(16, 0.43), GOOD, thresholds=strict)[0] == "check"
