@@ -34,6 +34,18 @@ def test_known_geometry_gives_the_drawn_values():
     assert m["joint_line_angle_deg"] == pytest.approx(math.degrees(math.atan2(2.0, 76.0)))
 
 
+def test_the_compartments_use_only_their_own_points():
+    """Pinned definition: JSW from F9/F10 to the polyline T0-T2 (lateral) and F14/F15 to T6-T8 (medial). The notch
+    edges (F11, F13) and the spines (T3, T5) are moved here to where counting them would shorten the gap."""
+    knee = known_knee(6.0, 4.0)
+    knee[11] = (22.0, -3.0)  # F11 3.6 mm from the lateral plateau's end
+    knee[13] = (58.0, -2.5)  # F13 3.2 mm from the medial plateau's start
+    knee[3] = (14.0, -4.0)  # T3 2.8 mm from F10
+    knee[5] = (66.0, -3.0)  # T5 2.2 mm from F14
+    m = knee_measurements(knee)
+    assert m["lateral_jsw_mm"] == pytest.approx(6.0) and m["medial_jsw_mm"] == pytest.approx(4.0)
+
+
 def test_angle_sign_follows_the_narrow_side():
     assert knee_measurements(known_knee(6.0, 4.0))["joint_line_angle_deg"] > 0
     lateral_narrow = known_knee(4.0, 6.0)  # F9 6 mm, F15 8 mm from the tibial line: converging laterally
