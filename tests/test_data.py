@@ -205,6 +205,20 @@ def test_training_chain_runs_and_keeps_targets_consistent(cohort):
         assert torch.isfinite(out["target"]).all()
 
 
+def test_the_evaluation_chain_s_targets_are_the_landmarks_exactly(cohort):
+    """Each target, as the network's normalised pixel-centred coordinates, maps back through the sample's affines
+    to the annotated landmark it came from (left knees mirrored and back)."""
+    from kneel_monai.transforms import points_between
+
+    folder, _ = cohort
+    for item in build_datalists(folder, progress=False).landmarks:
+        out = landmark_stage_transforms(train=False)(item)
+        h, w = out["image"].shape[-2:]
+        target_px = out["target"].double().numpy() * np.array([w, h]) - 0.5
+        back = points_between(target_px, out["image"].affine, out["image_original_affine"])
+        np.testing.assert_allclose(back, np.asarray(item["landmarks_px"], dtype=float), atol=1e-6)
+
+
 def test_samples_batch_with_a_monai_dataloader(cohort):
     from monai.data import DataLoader, Dataset
 

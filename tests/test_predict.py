@@ -238,6 +238,33 @@ def test_bad_arguments_are_one_line_errors(cohort, tmp_path, capsys):
     assert "model folder not found" in capsys.readouterr().err
 
 
+def test_mc_dropout_spread_is_in_millimetres():
+    """The same knee at 0.5 mm and, averaged 2 x 2, at 1 mm pixels (both read as they are, no working-image
+    resampling), with the same dropout draws: about the same spread in mm (in pixels it would double)."""
+    import torch.nn.functional as F
+    from monai.data import MetaTensor
+
+    from kneel_monai.synthetic.generate import generate_radiograph
+    from kneel_monai.transforms import points_between
+
+    sample = generate_radiograph(4_400_001, spacing_mm=0.5, size=(560, 800))
+    fine = torch.from_numpy(sample.image.astype(np.float32))[None]
+    coarse = F.avg_pool2d(fine[None], 2)[0]
+    predictor = KneelPredictor(*default_model_dirs(), device="cpu")
+    centre = np.asarray(sample.knees["R"]["landmarks_px"])[4]
+    spreads = []
+    for pixels, spacing, at in ((fine, 0.5, centre), (coarse, 1.0, (centre + 0.5) / 2 - 0.5)):
+        image = MetaTensor(pixels, affine=torch.diag(torch.tensor([spacing, spacing, 1.0], dtype=torch.float64)))
+        work = predictor.working_image(predictor._normalise(image))
+        assert work.shape == image.shape  # the spread is computed on the radiograph's own pixels
+        start = points_between(np.asarray(at, dtype=float)[None], image.affine, work.affine)[0]
+        torch.manual_seed(0)
+        spreads.append(predictor.landmark_spread(work, {"R": start}, samples=8)["R"])
+    assert spreads[0].max() > 0.05
+    ratio = float(np.median(spreads[1] / spreads[0]))
+    assert 0.7 < ratio < 1.4, ratio
+
+
 def test_mc_dropout_spread(cohort):
     root, _ = cohort
     predictor = KneelPredictor(*default_model_dirs(), device="cpu", mc_samples=4)

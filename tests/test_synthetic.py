@@ -239,10 +239,9 @@ def test_dicom_round_trip(tmp_path):
     assert again.read_bytes() == img_path.read_bytes()
     from kneel_monai import io as reading
 
-    if hasattr(reading, "read_radiograph"):
-        mt = reading.read_radiograph(img_path)
-        assert np.array_equal(np.asarray(mt[0]).astype(np.int64), expected)
-        assert tuple(mt.meta["pixel_spacing_mm"]) == (0.2, 0.21)
+    mt = reading.read_radiograph(img_path)
+    assert np.array_equal(np.asarray(mt[0]).astype(np.int64), expected)
+    assert tuple(mt.meta["pixel_spacing_mm"]) == (0.2, 0.21)
 
 
 def test_generate_dataset_through_cli_hook(tmp_path, capsys):
