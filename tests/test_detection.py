@@ -178,3 +178,19 @@ def test_scan_helpers_keep_pixels_and_cover_the_image():
 
     kept = distinct_knees([cand(100, 4.0), cand(110, 3.0), cand(400, 5.0), cand(405, float("inf"))], 0.5, 60.0)
     assert [c.shape_distance for c in kept] == [3.0, 5.0]
+
+
+def test_a_knee_is_believed_up_to_the_limits_and_not_beyond(predictor):
+    """The presence rule itself: shape distance at most the limit, mean confidence at least min_confidence, all
+    16 points on the image."""
+    work = MetaTensor(torch.zeros(1, 400, 500), affine=torch.eye(3, dtype=torch.float64))
+    points = np.stack([np.linspace(100, 400, 16), np.full(16, 200.0)], axis=1)
+    limit, least = predictor.scan.knee_shape_limit, predictor.min_confidence
+
+    def believed(distance=limit, confidence=least, pts=points):
+        return predictor._believed(Candidate("R", pts, np.full(16, confidence), distance), work)
+
+    assert believed()
+    assert not believed(distance=limit + 1e-6)
+    assert not believed(confidence=least - 1e-6)
+    assert not believed(pts=points + [0, 210.0])  # the knee's points run off the image

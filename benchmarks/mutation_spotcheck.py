@@ -1,0 +1,122 @@
+"""Mutation spot-check: plant small, realistic bugs one at a time and see whether the tests catch them.
+
+Each mutant replaces one exact piece of source text (refused if the text is not found exactly once, so a
+refactoring shows up as "stale" rather than as a silent pass), runs the tests named for it, and restores the
+file whatever happens. A mutant the tests pass is a **survivor**: a wrong answer nobody would notice.
+
+    python benchmarks/mutation_spotcheck.py            # every mutant (about 5 minutes on 2 cores)
+    python benchmarks/mutation_spotcheck.py --only decode_offset quality_lateral_jsw
+
+Run it before a release (not in every CI run): prints a table, writes ``benchmarks/results/mutation.json``.
+Never run it while editing the tree or running the suite: it changes source files while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    what: str
+
+
+MUTANTS = [
+    Mutant("decode_offset", "kneel_monai/model_io.py",
+           'return 0.5 if self.networks[0].soft_argmax.convention == "pixel_center" else 0.0', "return 0.0",
+           ("tests/test_inference_decode.py",), "half-pixel decode bias in inference"),
+    Mutant("mirror_side", "kneel_monai/inference.py",
+           'crops = [self._roi_crop(image, c, mirror=s == "L") for s, c in starts]',
+           'crops = [self._roi_crop(image, c, mirror=s == "R") for s, c in starts]',
+           ("tests/test_inference_decode.py",), "the wrong knee mirrored"),
+    Mutant("spread_in_px", "kneel_monai/inference.py",
+           "draws.append([points_to_mm(self._to_original(coords[i], crops[i], image, offset), image.affine)",
+           "draws.append([(self._to_original(coords[i], crops[i], image, offset))",
+           ("tests/test_predict.py::test_mc_dropout_spread_is_in_millimetres",), "MC-dropout spread in pixels"),
+    Mutant("cohort_isolation", "kneel_monai/cohort.py",
+           '                except Exception as err:  # noqa: BLE001 — one bad file must not stop a cohort\n'
+           '                    failed.append(',
+           '                except Exception as err:  # noqa: BLE001 — one bad file must not stop a cohort\n'
+           '                    raise\n                    failed.append(',
+           ("tests/test_cohort_faults.py",), "one radiograph failing after reading stops the cohort"),
+    Mutant("atomic_cleanup", "kneel_monai/atomic.py", "        tmp.unlink(missing_ok=True)\n", "        pass\n",
+           ("tests/test_cohort_faults.py::test_a_write_failing_half_way_leaves_the_old_file_and_no_temporary",),
+           "a failed write leaves its temporary file"),
+    Mutant("quality_lateral_jsw", "kneel_monai/quality.py", 'for name in ("lateral_jsw_mm", "medial_jsw_mm"):',
+           'for name in ("medial_jsw_mm",):', ("tests/test_quality.py",), "the lateral JSW rule dropped"),
+    Mutant("quality_confidence_boundary", "kneel_monai/quality.py", "if conf.mean() < t.mean_confidence:",
+           "if conf.mean() <= t.mean_confidence:", ("tests/test_quality.py",), "a knee at the limit flagged"),
+    Mutant("quality_width_boundary", "kneel_monai/quality.py", "if value is not None and not low <= value <= high:",
+           "if value is not None and not low < value < high:", ("tests/test_quality.py",), "width limits exclusive"),
+    Mutant("jsw_notch_edge", "kneel_monai/measurements.py", "MEDIAL_FEMUR: tuple[int, ...] = (14, 15)",
+           "MEDIAL_FEMUR: tuple[int, ...] = (13, 14, 15)", ("tests/test_measurements.py",),
+           "the notch edge counted in the medial JSW"),
+    Mutant("jsw_spine", "kneel_monai/measurements.py", "LATERAL_TIBIA: tuple[int, ...] = (0, 1, 2)",
+           "LATERAL_TIBIA: tuple[int, ...] = (0, 1, 2, 3)", ("tests/test_measurements.py",),
+           "the tibial spine counted in the lateral JSW"),
+    Mutant("confidence_window", "kneel_monai/inference.py",
+           "window = ((ys - cy[..., None, None]).abs() <= radius) & ((xs - cx[..., None, None]).abs() <= radius)",
+           "window = ((ys - cy[..., None, None]).abs() < radius) & ((xs - cx[..., None, None]).abs() < radius)",
+           ("tests/test_confidence.py",), "the confidence window one pixel too small"),
+    Mutant("roi_scaling_dropped", "kneel_monai/inference.py",
+           "            crops = [self._roi_scaling(c) for c in crops]\n", "            pass\n",
+           ("tests/test_roi_scaling.py", "tests/test_predict.py::test_inference_crops_exactly_what_training_and"
+            "_evaluation_feed_the_network"), "the ROI scaling skipped at inference"),
+    Mutant("shape_limit_inclusive", "kneel_monai/inference.py",
+           "(limit is None or c.shape_distance <= limit)", "(limit is None or c.shape_distance < limit - 1)",
+           ("tests/test_detection.py",), "the knee-shape limit tightened by one"),
+    Mutant("zoo_partial_load", "kneel_monai/zoo.py", "        if untouched:\n", "        if False:\n",
+           ("tests/test_bundle_zoo.py::test_monai_bundle_load_gives_the_shipped_landmark_network",),
+           "monai.bundle.load of another network's weights silent again"),
+]
+
+
+def run_mutant(mutant: Mutant) -> dict:
+    path = ROOT / mutant.file
+    original = path.read_text(encoding="utf-8")
+    if original.count(mutant.old) != 1:
+        return {"name": mutant.name, "result": "stale", "seconds": 0.0, "what": mutant.what}
+    started = time.perf_counter()
+    try:
+        path.write_text(original.replace(mutant.old, mutant.new), encoding="utf-8")
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests],
+                              cwd=ROOT, capture_output=True, text=True)
+    finally:
+        path.write_text(original, encoding="utf-8")
+    result = "killed" if proc.returncode == 1 else "survived" if proc.returncode == 0 else f"error {proc.returncode}"
+    return {"name": mutant.name, "result": result, "seconds": round(time.perf_counter() - started, 1),
+            "what": mutant.what, "file": mutant.file, "tests": list(mutant.tests)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", help="mutant names to run (default: all)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
+    ns = parser.parse_args()
+    chosen = [m for m in MUTANTS if not ns.only or m.name in ns.only]
+    rows = [run_mutant(m) for m in chosen]
+    print("| mutant | what it plants | result | s |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['what']} | {r['result']} | {r['seconds']} |")
+    killed = sum(r["result"] == "killed" for r in rows)
+    print(f"mutation score: {killed} of {len(rows)} killed")
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    ns.out.write_text(json.dumps({"killed": killed, "total": len(rows), "mutants": rows}, indent=1) + "\n")
+    sys.exit(0 if killed == len(rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
