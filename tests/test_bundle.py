@@ -134,6 +134,20 @@ def test_train_then_resume_continues_the_epoch_count(trained, dataset):
     logged = EventAccumulator(str(out / "tensorboard")).Reload().Tags()["scalars"]
     assert {"train_loss", "learning_rate", "val_pck"} <= set(logged), logged  # on disk after the epoch
 
+    # resumed with nothing left to train: the network and the optimizer's state are the checkpoint's, tensor
+    # for tensor (not a fresh network that merely counts on from epoch 1)
+    saved = torch.load(latest_checkpoint(out), map_location="cpu", weights_only=False)
+    wf = run(["train"], "training", bundle_root=str(root), dataset_dir=str(dataset / "lists"), **TINY)
+    back = wf.parser.get_parsed_content("trainer")
+    assert back.state.epoch == 1
+    for key, value in saved["network"].items():
+        assert torch.equal(back.network.state_dict()[key].cpu(), value), key
+    state, stored = back.optimizer.state_dict()["state"], saved["optimizer"]["state"]
+    assert state.keys() == stored.keys() and len(state) > 0
+    for index in stored:
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[index][name].cpu(), stored[index][name]), (index, name)
+
     # resumed with a learning-rate drop at epoch 2 that the first run did not have: the drop happens
     wf = run(["train"], "training", bundle_root=str(root), dataset_dir=str(dataset / "lists"),
              **{**TINY, "max_epochs": 2, "lr_milestones": [2]})
