@@ -302,6 +302,54 @@ def test_spacing_trap_dicom_read_by_slicer_with_1mm_pixels_is_corrected(tmp_path
         assert abs(column.GetValue(2) - knee_measurements(truth_mm)["tibial_plateau_width_mm"]) < 5
 
 
+@pytest.mark.parametrize("spacing_tag", ["ImagerPixelSpacing", "PixelSpacing"])
+def test_a_kneel_predict_markups_file_on_the_volume_slicer_loaded(tmp_path, spacing_tag):
+    """What a user gets dragging `kneel predict`'s .mrk.json onto the radiograph Slicer's reader loaded: the points sit
+    on the predicted pixels when the volume has the file's true spacing; in the spacing trap (Slicer's 1 mm pixels)
+    they sit at pixel x spacing instead, and setting the volume's spacing to the JSON's pixel_spacing_mm (what the
+    Kneel Landmarks module does) puts them back on the image (docs/slicer.md, "The spacing trap")."""
+    from kneel_monai.cli import main as kneel
+
+    sample = generate_radiograph(9_100_011, spacing_mm=(0.4, 0.35), size=(800, 900))
+    path, _ = write_radiograph(sample, tmp_path, "dx", spacing_tag=spacing_tag)
+    assert kneel(["predict", str(path), "--out", str(tmp_path / "out"), "--format", "json,mrk", "--device", "cpu",
+                  "--workers", "0", "--no-progress", "--no-refine"]) == 0
+    prediction = json.loads((tmp_path / "out" / "dx.json").read_text())
+    scene = vtkMRMLScene()
+    volume = kt.read_volume_file(scene, path)
+    row_mm, col_mm = prediction["pixel_spacing_mm"]
+
+    def pixels_of_the_points() -> dict:
+        """Each knee's control points as the volume's (column, row) pixels, through Slicer's own RAS-to-IJK, the
+        file read as Slicer's markups reader does (one node per markup in it)."""
+        import slicer
+
+        ras_to_ijk = vtk.vtkMatrix4x4()
+        volume.GetRASToIJKMatrix(ras_to_ijk)
+        storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+        scene.AddNode(storage)
+        out = {}
+        for index in range(2):
+            node = storage.AddNewMarkupsNodeFromFile(str(tmp_path / "out" / "dx.mrk.json"), None, index)
+            ras = kt.control_point_positions(node)
+            out[node.GetName()] = np.array([ras_to_ijk.MultiplyPoint([*p, 1.0])[:3] for p in ras])[:, :2]
+        assert sorted(out) == ["Left knee", "Right knee"]
+        return out
+
+    spacing = volume.GetSpacing()[:2]
+    trapped = not np.allclose(spacing, (col_mm, row_mm))
+    assert trapped == (spacing_tag == "PixelSpacing")  # Slicer's reader: ImagerPixelSpacing kept, PixelSpacing not
+    if trapped:  # the millimetres land on 1 mm pixels: x 0.35 and x 0.4, off the knee
+        for name, ijk in pixels_of_the_points().items():
+            side = "R" if name.startswith("Right") else "L"
+            px = np.asarray(prediction["knees"][side]["landmarks_px"])
+            np.testing.assert_allclose(ijk, px * [col_mm, row_mm], atol=1e-3)
+        volume.SetSpacing(col_mm, row_mm, 1.0)  # what the module's correction sets
+    for name, ijk in pixels_of_the_points().items():
+        side = "R" if name.startswith("Right") else "L"
+        np.testing.assert_allclose(ijk, prediction["knees"][side]["landmarks_px"], atol=1e-3)
+
+
 def test_a_monochrome1_dicom_reaches_the_model_as_kneel_reads_it(tmp_path):
     """Slicer's reader already inverts MONOCHROME1 (bone bright), as kneel_monai's reader does: no second inversion."""
     sample = generate_radiograph(9_100_007, spacing_mm=0.4, size=(700, 800))
