@@ -329,3 +329,42 @@ def test_inference_crops_exactly_what_training_and_evaluation_feed_the_network(c
         assert fed.shape == cut.shape == (1, 224, 224)
         np.testing.assert_allclose(cut.numpy(), fed.numpy(), atol=1e-5)
         np.testing.assert_allclose(cut.affine.numpy(), fed.affine.numpy(), atol=1e-9)
+
+
+def test_cli_spacing_and_ensemble_options(tmp_path):
+    """``--spacing ROW COL`` is what a PNG is measured with (and said so); ``--ensemble`` averages every fold of a
+    multi-fold model, without it the first fold alone answers."""
+    import safetensors.torch
+
+    from kneel_monai.synthetic.generate import generate_radiograph, write_radiograph
+
+    sample = generate_radiograph(4_500_002, spacing_mm=(0.25, 0.2), size=(1100, 1500))
+    png, _ = write_radiograph(sample, tmp_path, "knee", fmt="png")
+    assert main(["predict", str(png), "--out", str(tmp_path / "s"), "--spacing", "0.25", "0.2", "--format", "json",
+                 "--device", "cpu", "--workers", "0", "--no-progress"]) == 0
+    result = json.loads((tmp_path / "s" / "knee.json").read_text())
+    assert result["pixel_spacing_mm"] == [0.25, 0.2] and result["spacing_source"] == "user"
+    errors = np.linalg.norm((np.asarray(result["knees"]["R"]["landmarks_px"]) - sample.knees["R"]["landmarks_px"])
+                            * [0.2, 0.25], axis=1)
+    assert np.median(errors) < 2.0
+
+    models = tmp_path / "models"  # the shipped models, the landmark model with a second, perturbed fold
+    shutil.copytree(default_model_dirs()[0], models / "roi")
+    shutil.copytree(default_model_dirs()[1], models / "landmarks")
+    weights = safetensors.torch.load_file(str(models / "landmarks" / "fold_0.safetensors"))
+    torch.manual_seed(0)
+    weights = {k: v + 0.002 * torch.randn_like(v.float()).to(v.dtype) if k.startswith("out_conv") else v
+               for k, v in weights.items()}
+    safetensors.torch.save_file(weights, str(models / "landmarks" / "fold_1.safetensors"))
+    config = json.loads((models / "landmarks" / "model.json").read_text())
+    config["weights"] = ["fold_0.safetensors", "fold_1.safetensors"]
+    (models / "landmarks" / "model.json").write_text(json.dumps(config))
+    answers = {}
+    for name, extra in (("first", []), ("ensemble", ["--ensemble"]), ("shipped", None)):
+        model = [] if extra is None else ["--model", str(models)] + extra
+        assert main(["predict", str(png), "--out", str(tmp_path / name), "--spacing", "0.25", "0.2", "--format",
+                     "json", "--device", "cpu", "--workers", "0", "--no-progress", *model]) == 0
+        answers[name] = np.asarray(json.loads((tmp_path / name / "knee.json").read_text())["knees"]["R"]
+                                   ["landmarks_px"])
+    np.testing.assert_allclose(answers["first"], answers["shipped"], atol=1e-6)  # fold 0 alone: the shipped model
+    assert np.abs(answers["ensemble"] - answers["first"]).max() > 0.05  # the second fold moved the average
