@@ -1,4 +1,4 @@
-"""The network-output → radiograph-pixel chain of stage 2, exactly.
+"""The network-output → radiograph-pixel chain of both stages, exactly.
 
 A stand-in network answers a known sub-pixel point of its input; the predictor must map it to the
 radiograph pixel that the geometry implies, worked out here independently of the affines: the ROI is
@@ -7,6 +7,8 @@ knee, ``0.6 mm`` per ROI pixel against the radiograph's own (anisotropic) spacin
 ``(pad − n) // 2`` pixels before, its centre crop starts at ``pad // 2 − crop // 2``; a pixel-centred network
 means ``x_px = x · W − 0.5``, the release's ``i / W`` convention ``x_px = x · W``. Both sides, both
 conventions, the shipped model's geometry and a release-converted model's (its mean/std input path).
+Stage 1 likewise: the radiograph resampled to ``round(size · spacing / 4 mm)`` pixels (output pixel ``i`` samples
+input ``(i + 0.5) · scale − 0.5``), split at ``width // 2``, each half padded and centre-cropped.
 """
 
 import numpy as np
@@ -26,21 +28,22 @@ ANSWER_PX = np.stack([np.linspace(20.25, 190.75, 16), np.linspace(150.5, 60.125,
 
 
 class FixedAnswer(nn.Module):
-    """Answers ``ANSWER_PX`` (scaled to its input size) in normalised coordinates of ``convention``; records
-    what it was given."""
+    """Answers ``answer_px`` (pixels of a 224 px input, scaled to its input size) in normalised coordinates of
+    ``convention``; records what it was given."""
 
-    def __init__(self, convention: str, in_channels: int = 1) -> None:
+    def __init__(self, convention: str, in_channels: int = 1, answer_px: np.ndarray = ANSWER_PX) -> None:
         super().__init__()
         self.soft_argmax = SoftArgmax2D(convention=convention)
-        self.in_channels, self.out_points, self.seen = in_channels, 16, []
+        self.answer_px = answer_px
+        self.in_channels, self.out_points, self.seen = in_channels, len(answer_px), []
 
     def forward_with_heatmaps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.seen.append(x.detach().clone())
         h, w = x.shape[-2:]
         offset = 0.5 if self.soft_argmax.convention == "pixel_center" else 0.0
-        answer = (torch.as_tensor(ANSWER_PX * w / 224, dtype=torch.float32) + offset) / torch.tensor([w, h])
-        heatmaps = torch.zeros(x.shape[0], 16, h // 4, w // 4)
-        return answer.expand(x.shape[0], 16, 2), heatmaps
+        answer = (torch.as_tensor(self.answer_px * w / 224, dtype=torch.float32) + offset) / torch.tensor([w, h])
+        heatmaps = torch.zeros(x.shape[0], self.out_points, h // 4, w // 4)
+        return answer.expand(x.shape[0], self.out_points, 2), heatmaps
 
 
 def expected_px(centre: np.ndarray, side: str, pre: dict, width: int) -> np.ndarray:
@@ -97,3 +100,26 @@ def test_a_release_converted_model_decodes_with_its_own_convention_and_input(rel
     mean, std = pre["intensity"]["mean"][:channels], pre["intensity"]["std"][:channels]
     for c in range(channels):
         torch.testing.assert_close(given[0, c], (plain * 255 - mean[c]) / std[c])
+
+
+def test_stage1_maps_the_network_answer_to_the_exact_radiograph_pixel():
+    shipped = load_model(default_model_dirs()[0])
+    answer = np.array([[50.25 * 224 / 112, 60.75 * 224 / 112]])  # (50.25, 60.75) of the 112 px input
+    net = FixedAnswer("pixel_center", answer_px=answer)
+    model = KneelModel("roi", [net], shipped.config, preprocessing=shipped.preprocessing)
+    predictor = KneelPredictor(model, default_model_dirs()[1], device="cpu", fast=False)
+    image = radiograph()
+    centres, _ = predictor.knee_centres(predictor._normalise(image))
+    h, w = image.shape[-2:]
+    pre, spacing = shipped.preprocessing, float(shipped.preprocessing["spacing_mm"])
+    out_h, out_w = round(h * ROW_MM / spacing), round(w * COL_MM / spacing)
+    mid = out_w // 2
+    for side, first_column, half_w in (("R", 0, mid), ("L", mid, out_w - mid)):
+        starts = []
+        for size in (half_w, out_h):  # columns, rows of the half
+            padded = max(size, pre["pad_size"])
+            starts.append(padded // 2 - pre["crop_size"] // 2 - (padded - size) // 2)
+        col = 50.25 + starts[0] + first_column
+        row = 60.75 + starts[1]
+        expected = [(col + 0.5) * w / out_w - 0.5, (row + 0.5) * h / out_h - 0.5]
+        np.testing.assert_allclose(centres[side], expected, atol=1e-6)
