@@ -51,3 +51,12 @@ def torch_threads(request):
     torch.set_num_threads(wanted)
     yield
     torch.set_num_threads(before)
+
+
+def messages(err: BaseException) -> str:
+    """The messages of an exception and of everything it was raised from (a config expression wraps them)."""
+    out = []
+    while err is not None:
+        out.append(str(err))
+        err = err.__cause__ or err.__context__
+    return "\n".join(out)

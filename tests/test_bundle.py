@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, messages
 from monai.bundle import ConfigWorkflow, ckpt_export
 from monai.data import load_net_with_metadata
 
@@ -49,15 +49,6 @@ def run(names, run_id, **override) -> ConfigWorkflow:
     wf.run()
     wf.finalize()
     return wf
-
-
-def messages(err: BaseException) -> str:
-    """The messages of an exception and of everything it was raised from."""
-    out = []
-    while err is not None:
-        out.append(str(err))
-        err = err.__cause__ or err.__context__
-    return "\n".join(out)
 
 
 TORCH_THREADS = 1  # see conftest.torch_threads

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, messages
 from monai.bundle import ConfigWorkflow, load, verify_metadata, verify_net_in_out
 
 from kneel_monai.inference import default_model_dirs
@@ -120,13 +120,14 @@ def test_the_zoo_run_id_trains_and_a_bad_network_stops_before_any_data(tmp_path)
                          network_args={"preset": "paper", "width": 8, "depth": 6}, **common)
     with pytest.raises(Exception) as info:
         bad.initialize()
-    said = []
-    err = info.value
-    while err is not None:
-        said.append(str(err))
-        err = err.__cause__ or err.__context__
-    assert "network_args: an hourglass of depth 6" in "\n".join(said)
+    assert "network_args: an hourglass of depth 6" in messages(info.value)
     assert not (tmp_path / "bad").exists()  # no data generated, nothing written
+    missing = ConfigWorkflow(run_id="run", bundle_root=str(tmp_path / "missing"),
+                             init_from=str(tmp_path / "no_such_best.pt"), **common)
+    with pytest.raises(Exception) as info:
+        missing.initialize()
+    assert "init_from: " in messages(info.value) and "no_such_best.pt does not exist" in messages(info.value)
+    assert not (tmp_path / "missing").exists()
 
     wf = ConfigWorkflow(run_id="run", bundle_root=str(tmp_path / "ok"),
                         network_args={"preset": "paper", "width": 8, "depth": 3}, **common)

@@ -12,6 +12,7 @@ from .engine import (
 from .stages import (
     STAGES,
     StageConfig,
+    check_init_from,
     check_network_fits,
     default_network_args,
     export_stage_model,
@@ -32,6 +33,7 @@ __all__ = [
     "transfer_weights",
     "STAGES",
     "StageConfig",
+    "check_init_from",
     "check_network_fits",
     "default_network_args",
     "export_stage_model",

@@ -21,8 +21,8 @@ from ..data.datalists import read_datalist, split_folds
 from ..data.pipelines import landmark_stage_transforms, roi_stage_transforms
 from ..model_io import save_model
 
-__all__ = ["StageConfig", "STAGES", "stage_config", "default_network_args", "check_network_fits", "stage_transforms",
-           "stage_datasets", "stage_loaders", "export_stage_model"]
+__all__ = ["StageConfig", "STAGES", "stage_config", "default_network_args", "check_network_fits", "check_init_from",
+           "stage_transforms", "stage_datasets", "stage_loaders", "export_stage_model"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,13 @@ def check_network_fits(network: torch.nn.Module, stage: StageConfig, stage_name:
                          f"{default_network_args(stage)})")
     if points != stage.out_points:
         raise ValueError(f"network_args: the network predicts {points} points, {name} needs {stage.out_points}")
+
+
+def check_init_from(init_from: str | os.PathLike | None) -> None:
+    """Refuse, before any data is made, an ``init_from`` that names nothing: a checkpoint file or a model folder."""
+    if init_from and not Path(init_from).exists():
+        raise FileNotFoundError(f"init_from: {init_from} does not exist (a training checkpoint such as "
+                                "runs/<stage>_fold<k>/best.pt, or a model folder with model.json)")
 
 
 def stage_transforms(stage: StageConfig, train: bool, cutout: float = 0.1):

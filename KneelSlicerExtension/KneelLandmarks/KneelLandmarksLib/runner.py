@@ -108,6 +108,18 @@ def _failure_message(lines: Sequence[str], returncode: int) -> str:
     return f"the prediction process failed (exit code {returncode}){': ' + tail if tail else ''}"
 
 
+def _wait(poll, timeout: float | None, interval: float) -> JobStatus:
+    """Call ``poll`` until the job has finished (scripts and tests; the GUI polls from a timer instead)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = poll()
+        if status.finished:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"the prediction did not finish within {timeout} s")
+        time.sleep(interval)
+
+
 class PredictionJob:
     """One background prediction; ``output_json`` is what ``kneel predict`` writes for the input.
 
@@ -180,14 +192,7 @@ class PredictionJob:
 
     def wait(self, timeout: float | None = None, interval: float = 0.1) -> JobStatus:
         """Poll until finished (scripts and tests; the GUI polls from a timer instead)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.poll()
-            if status.finished:
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"the prediction did not finish within {timeout} s")
-            time.sleep(interval)
+        return _wait(self.poll, timeout, interval)
 
     def result(self) -> dict[str, Any]:
         """The prediction JSON of a finished job (and the temporary folder is removed)."""
@@ -389,14 +394,7 @@ class WarmJob:
         return JobStatus(RUNNING, self.restarted + waiting, elapsed, [])
 
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> JobStatus:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.poll()
-            if status.finished:
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"the prediction did not finish within {timeout} s")
-            time.sleep(interval)
+        return _wait(self.poll, timeout, interval)
 
     def result(self) -> dict[str, Any]:
         status = self.poll()
