@@ -242,3 +242,35 @@ def test_cutout_is_an_ablation_switch():
     assert has_cutout(landmark_stage_transforms(train=True))
     assert not has_cutout(landmark_stage_transforms(train=True, cutout=0))
     assert not has_cutout(roi_stage_transforms(train=False))
+
+def test_the_training_chain_moves_every_landmark_with_the_image(tmp_path):
+    """Random warp, crop, cutout and intensity changes applied to an image whose 16 landmarks are bright blobs:
+    after the chain each target (normalised, pixel-centred) still sits on its blob."""
+    import SimpleITK as sitk
+    from imaging import centroid
+    from imaging import radiograph as blob_image
+
+    xs = np.linspace(300, 1000, 9)
+    tibia = np.stack([xs, np.full(9, 700.0)], axis=1)
+    femur = np.stack([np.linspace(320, 980, 7), np.full(7, 560.0)], axis=1)
+    points = np.concatenate([tibia, femur])
+    image = blob_image(h=1300, w=1300, spacing=(0.15, 0.15), blobs=[tuple(p) for p in points])
+    path = tmp_path / "blobs.mha"
+    sitk_image = sitk.GetImageFromArray(image[0].numpy())
+    sitk_image.SetSpacing((0.15, 0.15))
+    sitk.WriteImage(sitk_image, str(path))
+    item = {"image": str(path), "spacing_mm": [0.15, 0.15], "side": "R", "landmarks_px": points.tolist()}
+    errors = []
+    for seed in range(4):
+        chain = landmark_stage_transforms(train=True)
+        chain.set_random_state(seed)
+        out = chain(item)
+        pixels = out["image"].numpy()
+        size = pixels.shape[-1]
+        for target in out["target"].double().numpy() * size - 0.5:
+            x, y = int(round(target[0])), int(round(target[1]))
+            if not (4 <= x < size - 4 and 4 <= y < size - 4) or pixels[0, y - 2:y + 3, x - 2:x + 3].max() < 0.3:
+                continue  # warped off the crop, or under the cutout
+            errors.append(np.linalg.norm(centroid(out["image"], target, 4.0) - target))
+    assert len(errors) > 40
+    assert np.median(errors) < 0.75 and np.percentile(errors, 90) < 1.5, np.round(sorted(errors)[-5:], 2)
