@@ -126,7 +126,7 @@ def _cmd_info(ns: argparse.Namespace) -> int:
 
 
 def _cmd_predict(ns: argparse.Namespace) -> int:
-    from .cohort import FORMATS, OutputsNotWritten, plan_outputs, predict_paths, prepare_output_folder
+    from .cohort import FORMATS, OutputsNotWritten, plan_run, predict_paths
     from .inference import KneelPredictor, resolve_model_dirs
     from .io.reading import ReadLimits
 
@@ -152,8 +152,7 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
         raise CommandError(f"--max-megapixels: a positive number, got {ns.max_megapixels}")
     limits = ReadLimits(max_pixels=int(ns.max_megapixels * 1e6))
     workers = ns.workers if ns.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 2)
-    plan = plan_outputs(ns.inputs, ns.out, formats)  # refuses an --out that would replace inputs
-    prepare_output_folder(ns.out)  # refuses an --out that cannot be written
+    plan = plan_run(ns.inputs, ns.out, formats)  # refuses an --out that would replace inputs or cannot be written
     roi_dir, landmark_dir = resolve_model_dirs(ns.model, ns.roi_model)
     try:
         predictor = KneelPredictor(roi_dir, landmark_dir, device=ns.device, refine=not ns.no_refine,

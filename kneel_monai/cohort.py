@@ -53,7 +53,7 @@ from .run_plan import (
 from .visualize import draw_landmarks_overlay
 
 __all__ = ["FORMATS", "IMAGE_SUFFIXES", "COHORT_COLUMNS", "find_radiographs", "plan_outputs", "predict_paths",
-           "cohort_rows", "prepare_output_folder", "OutputsNotWritten", "ReadAhead"]
+           "cohort_rows", "plan_run", "prepare_output_folder", "OutputsNotWritten", "ReadAhead"]
 
 FORMATS = ("json", "csv", "png", "mrk")
 
@@ -240,8 +240,9 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
             one that dies fails at most the file it was reading (:class:`ReadAhead`).
         limits: what a radiograph may be (:class:`~kneel_monai.io.reading.ReadLimits`); larger files,
             spacings outside a radiograph's and huge fields fail with the reason before decoding.
-        plan: ``plan_outputs(inputs, out_dir, formats)`` when the caller made it already (the CLI does,
-            to refuse a bad ``--out`` before loading models): a large folder is not scanned twice.
+        plan: ``plan_run(inputs, out_dir, formats)`` when the caller made it already (the CLI does, to refuse
+            a bad ``--out`` before loading models): the inputs are not scanned, nor the output folder checked
+            and cleaned, twice.
 
     Returns:
         The summary written to ``summary.json``: counts (``n_inputs``, ``n_ok`` done now,
@@ -255,8 +256,7 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     out = Path(out_dir)
-    planned, problems = plan if plan is not None else plan_outputs(inputs, out, formats)
-    prepare_output_folder(out)
+    planned, problems = plan if plan is not None else plan_run(inputs, out, formats)
     failed: list[dict[str, str]] = [{"input": p.split(": ")[0], "error": p} for p in problems]
     predictions: list[dict[str, Any]] = []  # every radiograph's JSON content, done now or before
     results: list[dict[str, Any]] = []
@@ -344,6 +344,16 @@ class OutputsNotWritten(OSError):
         super().__init__("could not write " + "; ".join(missing) + " (every per-radiograph output that was written "
                          "is complete)")
         self.summary, self.missing = summary, missing
+
+
+def plan_run(inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+             formats: Sequence[str] = FORMATS) -> tuple[list[PlannedInput], list[str]]:
+    """What a run settles before a model is loaded or a radiograph read: each radiograph with its outputs
+    (an ``out_dir`` that would replace inputs is refused), and the output folder proven writable and cleared
+    of the temporaries a killed run left (:func:`prepare_output_folder`)."""
+    plan = plan_outputs(inputs, out_dir, formats)
+    prepare_output_folder(out_dir)
+    return plan
 
 
 def prepare_output_folder(out: str | os.PathLike) -> Path:
