@@ -428,5 +428,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     time.sleep(1.5)  # importing torch and loading the models takes longer than this
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    # 130 from main(); or killed by SIGINT (the shell's $? is 130 too): CPython re-raises SIGINT at exit when the
+    # interrupt passed through an exec'd code string inside an import (e.g. torch's), even though main() caught it.
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("kneel predict: interrupted")
