@@ -43,7 +43,7 @@ from monai.data import MetaTensor
 from .landmarks import KNEE_CENTRE_ID
 from .transforms.array import pixel_spacing
 
-__all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "orientation_at", "distinct_knees",
+__all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "orientation_at", "distinct_knees",
            "off_centre_side", "SIDE_SOURCES", "KNEE_SIZE_MM", "knee_size_mm", "size_zoom"]
 
 #: an annotated knee's size (:func:`knee_size_mm`): the mean of the 317 knees of the real OAI crop
@@ -71,6 +71,11 @@ class ScanSettings:
             replaces the previous one only when its shape is at least as knee-like.
         zoom_range: the zooms re-zooming may reach (the spacing as read may be off by this much).
         other_knee_stride_mm: grid step of the search for the partner of one off-centre knee.
+        local_stride_mm, local_steps: when no proposal is believed, stage 2 is first started on a small
+            grid around each proposal (``2 * local_steps + 1`` starts a side, ``local_stride_mm`` apart, at
+            the proposal's zoom) before the whole image is scanned: on real bilateral films stage 1 often
+            lands 20–35 mm beside the knee, where one ROI's answer stays off the joint. ``local_steps`` 0
+            skips it.
         keep: how many of the scan's most knee-like answers are refined.
         same_knee_mm: answers whose knee centres (landmark 4) are closer than this are one knee.
         side_margin: a single knee's side is decided by the anatomy when the two orientations' mean
@@ -92,6 +97,8 @@ class ScanSettings:
     size_rounds: int = 2
     zoom_range: tuple[float, float] = (0.5, 2.5)
     other_knee_stride_mm: float = 35.0
+    local_stride_mm: float = 30.0
+    local_steps: int = 1
     keep: int = 6
     same_knee_mm: float = 60.0
     side_margin: float = 0.02
@@ -112,6 +119,9 @@ class ScanSettings:
         if not (0 < low <= 1 <= high) or self.size_rounds < 0 or not self.other_knee_stride_mm > 0:
             raise ValueError("zoom_range must hold 1 (0 < low <= 1 <= high), size_rounds >= 0, "
                              "other_knee_stride_mm > 0")
+        if not (self.local_stride_mm > 0 and isinstance(self.local_steps, int) and self.local_steps >= 0):
+            raise ValueError(f"local_stride_mm must be > 0 and local_steps a whole number >= 0, got "
+                             f"{self.local_stride_mm} and {self.local_steps!r}")
 
 
 @dataclass
@@ -123,7 +133,7 @@ class Candidate:
     confidence: np.ndarray
     shape_distance: float
     zoom: float = 1.0
-    source: str = "stage1"  # "stage1" | "scan" | "partner" | "side"
+    source: str = "stage1"  # "stage1" | "local" | "scan" | "partner" | "side"
 
     @property
     def centre(self) -> np.ndarray:
@@ -170,6 +180,21 @@ def grid_starts(image: MetaTensor, stride_mm: float) -> list[np.ndarray]:
         return ((np.arange(count) + 0.5) * extent / count) / mm - 0.5
 
     return [np.array([x, y]) for y in axis(h, row_mm) for x in axis(w, col_mm)]
+
+
+def local_starts(image: MetaTensor, centre: np.ndarray, stride_mm: float, steps: int) -> list[np.ndarray]:
+    """``(x, y)`` pixel centres of a ``(2 * steps + 1)``² grid, ``stride_mm`` apart, around ``centre`` (itself
+    first), kept inside the image."""
+    h, w = image.shape[-2:]
+    row_mm, col_mm = pixel_spacing(torch.as_tensor(image.affine, dtype=torch.float64))
+    offsets = sorted(((dx, dy) for dy in range(-steps, steps + 1) for dx in range(-steps, steps + 1)),
+                     key=lambda o: (abs(o[0]) + abs(o[1]), o[1], o[0]))
+    out = []
+    for dx, dy in offsets:
+        x, y = centre[0] + dx * stride_mm / col_mm, centre[1] + dy * stride_mm / row_mm
+        if -0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5:
+            out.append(np.array([x, y], dtype=np.float64))
+    return out
 
 
 def off_centre_side(x: float, width: int, centred_fraction: float) -> str | None:

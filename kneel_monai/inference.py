@@ -27,6 +27,7 @@ from .detection import (
     ScanSettings,
     distinct_knees,
     grid_starts,
+    local_starts,
     off_centre_side,
     orientation_at,
     size_zoom,
@@ -302,15 +303,15 @@ class KneelPredictor:
                 for i in range(len(SIDES))]
         return self._resized(work, best)
 
-    def _most_knee_like(self, work: MetaTensor, starts: list[tuple[str, np.ndarray, float]], source: str
-                        ) -> list[Candidate]:
+    def _most_knee_like(self, work: MetaTensor, starts: list[tuple[str, np.ndarray, float]], source: str,
+                        keep: int | None = None) -> list[Candidate]:
         """Stage 2 (unrefined) from every start; the ``scan.keep`` most knee-like answers at distinct places
         (per orientation) re-centred — kept only where that does not worsen the shape — and re-zoomed."""
         first = self._candidates(work, starts, source, refine=False)
         mm = pixel_spacing(work.affine)[1]
         best: list[Candidate] = []
         for c in sorted(first, key=lambda c: c.shape_distance):
-            if len(best) == self.scan.keep or not np.isfinite(c.shape_distance):
+            if len(best) == (keep or self.scan.keep) or not np.isfinite(c.shape_distance):
                 break
             if not any(k.orientation == c.orientation and np.linalg.norm(k.centre - c.centre) * mm < 20.0
                        for k in best):
@@ -327,6 +328,14 @@ class KneelPredictor:
         starts = [(orientation_at(c[0], w), c, zoom) for zoom in self.scan.zooms
                   for c in grid_starts(zoomed(work, zoom), self.scan.stride_mm)]
         return self._most_knee_like(work, starts, "scan"), len(starts)
+
+    def _local(self, work: MetaTensor, proposals: list[Candidate]) -> tuple[list[Candidate], int]:
+        """Stage 2 on a small grid around each proposal, at its zoom and orientation (``scan.local_*``):
+        the most knee-like answers, re-centred and re-zoomed (see :meth:`_most_knee_like`)."""
+        starts = [(c.orientation, xy, c.zoom) for c in proposals if np.isfinite(c.centre).all()
+                  for xy in local_starts(zoomed(work, c.zoom), c.centre, self.scan.local_stride_mm,
+                                         self.scan.local_steps)]
+        return (self._most_knee_like(work, starts, "local", keep=2) if starts else []), len(starts)
 
     def _partner(self, work: MetaTensor, knee: Candidate, side: str) -> tuple[list[Candidate], int]:
         """The other knee of a bilateral film whose ``side`` knee was found: stage 2 on a finer grid over
@@ -352,20 +361,28 @@ class KneelPredictor:
         def believe() -> list[Candidate]:
             return distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
 
-        info: dict[str, Any] = {"scanned": False, "scan_starts": 0, "partner_starts": 0}
-        searched: list[np.ndarray] = []  # lone knees whose partner was looked for
+        info: dict[str, Any] = {"scanned": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0}
+        searched: list[Candidate] = []  # lone knees whose partner was looked for
 
         def look_for_partner(knees: list[Candidate]) -> list[Candidate]:
             side = off_centre_side(knees[0].centre[0], w, self.scan.centred_fraction) if len(knees) == 1 else None
-            if side is None or any(np.linalg.norm(knees[0].centre - c) * mm < self.scan.same_knee_mm for c in searched):
+            # the partner is looked for at the knee's zoom: a better answer on the same knee at another zoom
+            # (e.g. the scan's after a local search's) looks again
+            if side is None or any(np.linalg.norm(knees[0].centre - k.centre) * mm < self.scan.same_knee_mm
+                                   and abs(knees[0].zoom / k.zoom - 1) < 0.05 for k in searched):
                 return knees
-            searched.append(knees[0].centre)
+            searched.append(knees[0])
             found, n = self._partner(work, knees[0], side)
             candidates.extend(found)
             info["partner_starts"] += n
             return believe()
 
         believed = look_for_partner(believe())
+        if not believed and self.scan.local_steps:  # stage 1 near the knees but not on them: look around first
+            local, n = self._local(work, list(candidates))
+            candidates += local
+            info["local_starts"] = n
+            believed = look_for_partner(believe())
         if len(believed) < 2 and self.scan.scan:
             scanned, n = self._scan(work)
             candidates += scanned
@@ -423,7 +440,7 @@ class KneelPredictor:
             reason = f"blank image (every pixel is {float(image.min()):g}): no knee"
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
                            {"verdict": "no_ap_knee", "knees": 0, "reason": reason},
-                           {"scanned": False, "scan_starts": 0, "partner_starts": 0})
+                           {"scanned": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0})
         norm = self._normalise(image)
         work = self.working_image(norm)
         t1 = time.perf_counter()
@@ -469,7 +486,7 @@ class KneelPredictor:
                  "reason": "no knee-shaped set of landmarks anywhere in the image (lateral view, foot, long-leg "
                            "film, no knee, or a knee the model does not recognise)"})
         detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]),
-                     "scan_starts": int(info["scan_starts"]),
+                     "local_starts": int(info["local_starts"]), "scan_starts": int(info["scan_starts"]),
                      "partner_starts": int(info["partner_starts"]), "knee_shape_limit": limit,
                      "min_confidence": self.min_confidence}
         return _result(image, path, knees, view, detection,

@@ -16,6 +16,7 @@ from kneel_monai.detection import (
     distinct_knees,
     grid_starts,
     knee_size_mm,
+    local_starts,
     off_centre_side,
     size_zoom,
     zoomed,
@@ -23,6 +24,7 @@ from kneel_monai.detection import (
 from kneel_monai.inference import KneelPredictor, RadiographResult, default_model_dirs
 from kneel_monai.synthetic.generate import generate_radiograph
 from kneel_monai.transforms import points_between
+from kneel_monai.transforms.array import pixel_spacing
 
 SPACING = 0.2
 
@@ -194,3 +196,45 @@ def test_a_knee_is_believed_up_to_the_limits_and_not_beyond(predictor):
     assert not believed(distance=limit + 1e-6)
     assert not believed(confidence=least - 1e-6)
     assert not believed(pts=points + [0, 210.0])  # the knee's points run off the image
+
+
+class Stage1BesideTheKnees(KneelPredictor):
+    """Stage 1 as on real bilateral films: its centres land beside the knees (here 45 mm below them)."""
+
+    def knee_centres(self, image):
+        centres, confidence = super().knee_centres(image)
+        row_mm = pixel_spacing(image.affine)[0]
+        return {s: c + [0.0, 45.0 / row_mm] for s, c in centres.items()}, confidence
+
+
+def test_knees_beside_stage_1_are_found_by_looking_around_it_before_any_scan(bilateral):
+    """A start 45 mm below a knee gives an answer off the joint; the local search around the proposal (no
+    whole-image scan) finds both knees on their landmarks, and says so in the detection record."""
+    image = as_image(bilateral.image)
+    without = Stage1BesideTheKnees(*default_model_dirs(), device="cpu", scan=ScanSettings(scan=False, local_steps=0))
+    missed = without.predict_image(image)
+    assert not any(k.present for k in missed.knees.values()) and missed.detection["local_starts"] == 0
+    local = Stage1BesideTheKnees(without.roi, without.landmarks, device="cpu", scan=ScanSettings(scan=False))
+    found = local.predict_image(image)
+    assert found.detection["local_starts"] == 2 * 9 and not found.detection["scanned"]
+    for side in ("R", "L"):
+        knee = found.knees[side]
+        assert knee.present and knee.side_source == "image_position"
+        assert median_error_mm(knee, np.asarray(bilateral.knees[side]["landmarks_px"])) < 1.5
+
+
+def test_local_starts_surround_the_centre_in_millimetres_and_stay_on_the_image():
+    image = MetaTensor(torch.zeros(1, 300, 400), affine=torch.diag(torch.tensor([0.5, 0.25, 1.0], dtype=torch.float64)))
+    centre = np.array([200.0, 150.0])
+    starts = np.array(local_starts(image, centre, 10.0, 1))
+    assert len(starts) == 9 and np.array_equal(starts[0], centre)  # the centre itself first
+    steps = np.unique(np.round(starts - centre, 6), axis=0)
+    # the affine's first axis is the rows (0.5 mm), its second the columns (0.25 mm): 10 mm is 20 rows, 40 columns
+    assert sorted({x for x, _ in steps}) == [-40.0, 0.0, 40.0] and sorted({y for _, y in steps}) == [-20.0, 0.0, 20.0]
+    assert len(local_starts(image, centre, 10.0, 0)) == 1
+    corner = np.array(local_starts(image, np.array([5.0, 5.0]), 10.0, 2))
+    assert len(corner) == 9 and (corner >= -0.5).all()  # the grid's starts off the image are dropped
+    with pytest.raises(ValueError, match="local_steps"):
+        ScanSettings(local_steps=-1)
+    with pytest.raises(ValueError, match="local_stride_mm"):
+        ScanSettings(local_stride_mm=0.0)
