@@ -126,6 +126,9 @@ def main() -> None:
         "single_ap_sides": {r["file"]: r["sides"] for r in ap if r["view"] == "single_ap"},
         "non_ap_images": len(other), "non_ap_with_a_knee_ok": sum(r["ok"] > 0 for r in other),
         "non_ap_with_a_knee_present": sum(r["knees_found"] > 0 for r in other),
+        # the margin: the most knee-like answer on any non-AP film (a knee needs <= knee_shape_limit)
+        "non_ap_best_shape_distance": min((r["detection"]["best_shape_distance"] for r in other
+                                           if r["detection"].get("best_shape_distance") is not None), default=None),
         "failed_to_read": [r["file"] for r in rows if "error" in r],
         "median_seconds": float(np.median(seconds)) if seconds else None,
     }

@@ -440,7 +440,8 @@ class KneelPredictor:
             reason = f"blank image (every pixel is {float(image.min()):g}): no knee"
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
                            {"verdict": "no_ap_knee", "knees": 0, "reason": reason},
-                           {"scanned": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0})
+                           {"scanned": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0,
+                            "best_shape_distance": None})
         norm = self._normalise(image)
         work = self.working_image(norm)
         t1 = time.perf_counter()
@@ -488,6 +489,9 @@ class KneelPredictor:
         detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]),
                      "local_starts": int(info["local_starts"]), "scan_starts": int(info["scan_starts"]),
                      "partner_starts": int(info["partner_starts"]), "knee_shape_limit": limit,
+                     # the most knee-like answer anywhere: how far a film without a knee was from having one
+                     "best_shape_distance": (round(float(info["best_shape_distance"]), 3)
+                                             if np.isfinite(info["best_shape_distance"]) else None),
                      "min_confidence": self.min_confidence}
         return _result(image, path, knees, view, detection,
                        {"normalise": t1 - t0, "detect": t2 - t1,

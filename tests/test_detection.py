@@ -4,6 +4,8 @@ Synthetic radiographs give the truth (landmarks and sides); the real-film figure
 docs/real_knees.md (``benchmarks/eval_full_radiographs.py``).
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -97,8 +99,12 @@ def test_no_knee_is_reported_on_images_without_one(predictor, bilateral):
         assert not any(k.present for k in result.knees.values()), name
         assert result.view["verdict"] == "no_ap_knee", name
         assert all("knee's shape" in k.reason for k in result.knees.values()), name
+        # the record says how close the most knee-like answer came, beyond the limit
+        assert result.detection["best_shape_distance"] > predictor.scan.knee_shape_limit, name
+        assert f"shape distance {result.detection['best_shape_distance']:.1f}" in result.knees["R"].reason, name
     blank = predictor.predict_image(as_image(np.full((600, 700), 7.0)))
     assert blank.view["verdict"] == "no_ap_knee" and "blank image" in blank.knees["R"].reason
+    assert blank.detection["best_shape_distance"] is None and json.loads(json.dumps(blank.to_dict()))
     # the reasons survive the JSON round trip
     again = RadiographResult.from_dict(blank.to_dict())
     assert again.view == blank.view and again.knees["L"].reason == blank.knees["L"].reason
