@@ -423,8 +423,10 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     import sys
 
     image = small_dicom(tmp_path / "a.dcm")
+    # Ctrl-C as at a terminal: a shell starts background jobs with SIGINT ignored, and a CI runner may too
     proc = subprocess.Popen([sys.executable, "-m", "kneel_monai.cli", "predict", str(image), "--out",
-                             str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.5)  # importing torch and loading the models takes longer than this
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
