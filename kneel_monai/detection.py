@@ -44,8 +44,9 @@ from monai.data import MetaTensor
 from .landmarks import KNEE_CENTRE_ID
 from .transforms.array import pixel_spacing
 
-__all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "orientation_at", "distinct_knees",
-           "off_centre_side", "SIDE_SOURCES", "KNEE_SIZE_MM", "knee_size_mm", "size_zoom"]
+__all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "partner_searched",
+           "orientation_at", "distinct_knees", "off_centre_side", "SIDE_SOURCES", "KNEE_SIZE_MM", "knee_size_mm",
+           "size_zoom"]
 
 #: an annotated knee's size (:func:`knee_size_mm`): the mean of the 317 knees of the real OAI crop
 #: set's training part (KNEEL annotations; sd 2.4 mm, 95 % within 21.5–30.0 mm)
@@ -196,6 +197,15 @@ def local_starts(image: MetaTensor, centre: np.ndarray, stride_mm: float, steps:
         if -0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5:
             out.append(np.array([x, y], dtype=np.float64))
     return out
+
+
+def partner_searched(knee: Candidate, searched: Sequence[Candidate], mm: float, same_knee_mm: float) -> bool:
+    """Whether the partner of ``knee`` was already looked for: from an answer on the same knee (centres closer
+    than ``same_knee_mm``; ``mm`` per pixel) at the same zoom (within 5 %). The partner search runs at the
+    knee's zoom, so a better answer on the same knee at another zoom (e.g. the scan's after a local search's)
+    looks again."""
+    return any(np.linalg.norm(knee.centre - k.centre) * mm < same_knee_mm and abs(knee.zoom / k.zoom - 1) < 0.05
+               for k in searched)
 
 
 def off_centre_side(x: float, width: int, centred_fraction: float) -> str | None:

@@ -30,6 +30,7 @@ from .detection import (
     local_starts,
     off_centre_side,
     orientation_at,
+    partner_searched,
     size_zoom,
     zoomed,
 )
@@ -366,10 +367,7 @@ class KneelPredictor:
 
         def look_for_partner(knees: list[Candidate]) -> list[Candidate]:
             side = off_centre_side(knees[0].centre[0], w, self.scan.centred_fraction) if len(knees) == 1 else None
-            # the partner is looked for at the knee's zoom: a better answer on the same knee at another zoom
-            # (e.g. the scan's after a local search's) looks again
-            if side is None or any(np.linalg.norm(knees[0].centre - k.centre) * mm < self.scan.same_knee_mm
-                                   and abs(knees[0].zoom / k.zoom - 1) < 0.05 for k in searched):
+            if side is None or partner_searched(knees[0], searched, mm, self.scan.same_knee_mm):
                 return knees
             searched.append(knees[0])
             found, n = self._partner(work, knees[0], side)

@@ -20,6 +20,7 @@ from kneel_monai.detection import (
     knee_size_mm,
     local_starts,
     off_centre_side,
+    partner_searched,
     size_zoom,
     zoomed,
 )
@@ -244,3 +245,15 @@ def test_local_starts_surround_the_centre_in_millimetres_and_stay_on_the_image()
         ScanSettings(local_steps=-1)
     with pytest.raises(ValueError, match="local_stride_mm"):
         ScanSettings(local_stride_mm=0.0)
+
+
+def test_a_partner_is_looked_for_again_only_from_the_same_knee_at_another_zoom():
+    def knee(x, zoom):
+        return Candidate("R", np.zeros((16, 2)) + [x, 200.0], np.full(16, 0.5), 4.0, zoom)
+
+    searched = [knee(100.0, 1.25)]
+    assert partner_searched(knee(110.0, 1.25), searched, 0.5, 60.0)  # 5 mm away, same zoom: done
+    assert partner_searched(knee(110.0, 1.27), searched, 0.5, 60.0)  # within 5 % of the zoom
+    assert not partner_searched(knee(110.0, 1.8), searched, 0.5, 60.0)  # the same knee at another zoom: again
+    assert not partner_searched(knee(300.0, 1.25), searched, 0.5, 60.0)  # 100 mm away: another knee
+    assert not partner_searched(knee(110.0, 1.25), [], 0.5, 60.0)
