@@ -224,6 +224,9 @@ def test_knees_beside_stage_1_are_found_by_looking_around_it_before_any_scan(bil
     local = Stage1BesideTheKnees(without.roi, without.landmarks, device="cpu", scan=ScanSettings(scan=False))
     found = local.predict_image(image)
     assert found.detection["local_starts"] == 2 * 9 and not found.detection["scanned"]
+    # where stage 1's own proposals are believed, nothing is looked around
+    direct = KneelPredictor(without.roi, without.landmarks, device="cpu").predict_image(image).detection
+    assert direct["local_starts"] == 0 and not direct["scanned"]
     for side in ("R", "L"):
         knee = found.knees[side]
         assert knee.present and knee.side_source == "image_position"
