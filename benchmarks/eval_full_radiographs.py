@@ -146,14 +146,17 @@ def main() -> None:
                                 "pck_2.5_mean": float(test_all["mean"][2.5]),
                                 "outliers_pct": float(test_all["outliers"])}
 
-    lines = ["| file | view | knees found / expected | R | L | verdict | scanned | s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| file | view | knees found / expected | R | L | verdict | searched (local / scan starts) | "
+             "most knee-like | s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['file']} | {r['view']} | unreadable: {r['error']} | | | | | |")
+            lines.append(f"| {r['file']} | {r['view']} | unreadable: {r['error']} | | | | | | |")
             continue
+        det = r["detection"]
+        best = det.get("best_shape_distance")
         lines.append(f"| {r['file']} | {r['view']} | {r['knees_found']} / {r['expected']} | {r['knees']['R']} | "
-                     f"{r['knees']['L']} | {r['verdict']} | {r['detection']['scanned']} | {r['seconds']} |")
+                     f"{r['knees']['L']} | {r['verdict']} | {det.get('local_starts', 0)} / {det['scan_starts']} | "
+                     f"{'—' if best is None else f'{best:.2f}'} | {r['seconds']} |")
     lines += ["", "```", json.dumps(summary, indent=1), "```"]
     (ns.out / "full_radiographs.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (ns.out / "full_radiographs.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n",
