@@ -91,6 +91,19 @@ MUTANTS = [
     Mutant("zoo_partial_load", "kneel_monai/zoo.py", "        if untouched:\n", "        if False:\n",
            ("tests/test_bundle_zoo.py::test_monai_bundle_load_gives_the_shipped_landmark_network",),
            "monai.bundle.load of another network's weights silent again"),
+    Mutant("local_search_skipped", "kneel_monai/inference.py",
+           "        if not believed and self.scan.local_steps:", "        if False:",
+           ("tests/test_detection.py::test_knees_beside_stage_1_are_found_by_looking_around_it_before_any_scan",),
+           "no look around stage 1's proposals before the scan"),
+    Mutant("local_grid_axes_swapped", "kneel_monai/detection.py",
+           "x, y = centre[0] + dx * stride_mm / col_mm, centre[1] + dy * stride_mm / row_mm",
+           "x, y = centre[0] + dx * stride_mm / row_mm, centre[1] + dy * stride_mm / col_mm",
+           ("tests/test_detection.py::test_local_starts_surround_the_centre_in_millimetres_and_stay_on_the_image",),
+           "the local grid's steps in the other axis's pixels"),
+    Mutant("partner_zoom_ignored", "kneel_monai/detection.py",
+           " and abs(knee.zoom / k.zoom - 1) < 0.05", "",
+           ("tests/test_detection.py::test_a_partner_is_looked_for_again_only_from_the_same_knee_at_another_zoom",),
+           "a lone knee's partner not looked for again at a better zoom"),
 ]
 
 
