@@ -104,6 +104,14 @@ MUTANTS = [
            " and abs(knee.zoom / k.zoom - 1) < 0.05", "",
            ("tests/test_detection.py::test_a_partner_is_looked_for_again_only_from_the_same_knee_at_another_zoom",),
            "a lone knee's partner not looked for again at a better zoom"),
+    Mutant("whole_image_skipped", "kneel_monai/inference.py",
+           "        if not believed and self.scan.whole_image:", "        if False:",
+           ("tests/test_detection.py::test_a_knee_alone_in_the_field_is_found_without_a_scan_for_a_second_one",),
+           "no stage 1 on the whole image when the halves miss"),
+    Mutant("no_room_ignored", "kneel_monai/detection.py",
+           "    return max(x + 0.5, width_px - 0.5 - x) >= plateau_widths * plateau",
+           "    return True", ("tests/test_detection.py::test_a_knee_alone_in_the_field_is_found_without_a_scan_for_a_"
+                              "second_one",), "a single-knee field scanned for a second knee"),
 ]
 
 

@@ -44,7 +44,7 @@ from monai.data import MetaTensor
 from .landmarks import KNEE_CENTRE_ID
 from .transforms.array import pixel_spacing
 
-__all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "partner_searched",
+__all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "partner_searched", "room_for_partner",
            "orientation_at", "distinct_knees", "off_centre_side", "SIDE_SOURCES", "KNEE_SIZE_MM", "knee_size_mm",
            "size_zoom"]
 
@@ -78,6 +78,12 @@ class ScanSettings:
             the proposal's zoom) before the whole image is scanned: on real bilateral films stage 1 often
             lands 20–35 mm beside the knee, where one ROI's answer stays off the joint. ``local_steps`` 0
             skips it.
+        whole_image: when no half's proposal is believed, stage 1 also runs on the whole image as one input
+            (a knee alone in the middle of the field is split by the halves), its centre tried like a proposal.
+        partner_room: a lone knee found before the scan, with less than this many of its tibial plateau widths
+            of image between its centre and either side edge, has no room beside it for a second knee: the
+            scan is skipped. On the development films single-knee images left at most 1.43, bilateral films at
+            least 3.1 on the other knee's side. 0 always scans.
         keep: how many of the scan's most knee-like answers are refined.
         same_knee_mm: answers whose knee centres (landmark 4) are closer than this are one knee.
         side_margin: a single knee's side is decided by the anatomy when the two orientations' mean
@@ -101,6 +107,8 @@ class ScanSettings:
     other_knee_stride_mm: float = 35.0
     local_stride_mm: float = 30.0
     local_steps: int = 1
+    whole_image: bool = True
+    partner_room: float = 2.0
     keep: int = 6
     same_knee_mm: float = 60.0
     side_margin: float = 0.02
@@ -121,6 +129,8 @@ class ScanSettings:
         if not (0 < low <= 1 <= high) or self.size_rounds < 0 or not self.other_knee_stride_mm > 0:
             raise ValueError("zoom_range must hold 1 (0 < low <= 1 <= high), size_rounds >= 0, "
                              "other_knee_stride_mm > 0")
+        if not self.partner_room >= 0:
+            raise ValueError(f"partner_room must be >= 0 (plateau widths; 0 always scans), got {self.partner_room}")
         if not (self.local_stride_mm > 0 and isinstance(self.local_steps, int) and self.local_steps >= 0):
             raise ValueError(f"local_stride_mm must be > 0 and local_steps a whole number >= 0, got "
                              f"{self.local_stride_mm} and {self.local_steps!r}")
@@ -135,7 +145,7 @@ class Candidate:
     confidence: np.ndarray
     shape_distance: float
     zoom: float = 1.0
-    source: str = "stage1"  # "stage1" | "local" | "scan" | "partner" | "side"
+    source: str = "stage1"  # "stage1" | "whole" | "local" | "scan" | "partner" | "side"
 
     @property
     def centre(self) -> np.ndarray:
@@ -206,6 +216,14 @@ def partner_searched(knee: Candidate, searched: Sequence[Candidate], mm: float, 
     looks again."""
     return any(np.linalg.norm(knee.centre - k.centre) * mm < same_knee_mm and abs(knee.zoom / k.zoom - 1) < 0.05
                for k in searched)
+
+
+def room_for_partner(knee: Candidate, width_px: int, plateau_widths: float) -> bool:
+    """Whether the image leaves room beside ``knee`` for a second knee: at least ``plateau_widths`` of its tibial
+    plateau (landmarks 0 to 8) between its centre and one side edge of an image ``width_px`` wide."""
+    plateau = float(np.linalg.norm(knee.landmarks_px[0] - knee.landmarks_px[8]))
+    x = float(knee.centre[0])
+    return max(x + 0.5, width_px - 0.5 - x) >= plateau_widths * plateau
 
 
 def off_centre_side(x: float, width: int, centred_fraction: float) -> str | None:

@@ -31,6 +31,7 @@ from .detection import (
     off_centre_side,
     orientation_at,
     partner_searched,
+    room_for_partner,
     size_zoom,
     zoomed,
 )
@@ -179,6 +180,13 @@ class KneelPredictor:
                    for i, s in enumerate(SIDES)}
         return centres, {s: float(conf[i, 0]) for i, s in enumerate(SIDES)}
 
+    def whole_image_centre(self, image: MetaTensor) -> np.ndarray:
+        """Stage 1 on the whole image as one input, not halves: the centre of a knee alone in the field
+        (original pixels). Each half of a single-knee image holds half a knee, and their centres are off it."""
+        low = self._pad_crop(ResampleToSpacing(float(self.roi.preprocessing["spacing_mm"]))(image), self.roi)
+        coords, _ = self._run(self._roi_nets, self.roi.network_input([low], self.device))
+        return self._to_original(coords[0], low, image, self.roi.pixel_offset)[0]
+
     def _landmark_crops(self, image: MetaTensor, centres: dict[str, np.ndarray] | list[tuple[str, np.ndarray]]
                         ) -> list[MetaTensor]:
         starts = list(centres.items()) if isinstance(centres, dict) else centres
@@ -304,6 +312,13 @@ class KneelPredictor:
                 for i in range(len(SIDES))]
         return self._resized(work, best)
 
+    def _whole_image_proposal(self, norm: MetaTensor, work: MetaTensor) -> Candidate:
+        """Stage 2 from the whole-image stage-1 centre in both orientations (a lone knee's side is not known
+        yet) at every ``scan.proposal_zooms``: the most knee-like answer, re-zoomed by its size."""
+        centre = points_between(self.whole_image_centre(norm)[None], norm.affine, work.affine)[0]
+        tried = self._candidates(work, [(s, centre, z) for s in SIDES for z in self.scan.proposal_zooms], "whole")
+        return self._resized(work, [min(tried, key=lambda c: (c.shape_distance, -c.mean_confidence))])[0]
+
     def _most_knee_like(self, work: MetaTensor, starts: list[tuple[str, np.ndarray, float]], source: str,
                         keep: int | None = None) -> list[Candidate]:
         """Stage 2 (unrefined) from every start; the ``keep`` (default ``scan.keep``) most knee-like answers at
@@ -364,7 +379,8 @@ class KneelPredictor:
         def believe() -> list[Candidate]:
             return distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
 
-        info: dict[str, Any] = {"scanned": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0}
+        info: dict[str, Any] = {"scanned": False, "whole_image": False, "local_starts": 0, "scan_starts": 0,
+                                "partner_starts": 0}
         searched: list[Candidate] = []  # lone knees whose partner was looked for
 
         def look_for_partner(knees: list[Candidate]) -> list[Candidate]:
@@ -378,12 +394,18 @@ class KneelPredictor:
             return believe()
 
         believed = look_for_partner(believe())
+        if not believed and self.scan.whole_image:  # one knee in the middle of the field: no half holds it
+            candidates.append(self._whole_image_proposal(norm, work))
+            info["whole_image"] = True
+            believed = look_for_partner(believe())
         if not believed and self.scan.local_steps:  # stage 1 near the knees but not on them: look around first
             local, n = self._local(work, list(candidates))
             candidates += local
             info["local_starts"] = n
             believed = look_for_partner(believe())
-        if len(believed) < 2 and self.scan.scan:
+        # a lone knee with no room beside it for another (a single-knee field) needs no scan for a second one
+        if len(believed) < 2 and self.scan.scan and (not believed or room_for_partner(believed[0], w,
+                                                                                      self.scan.partner_room)):
             scanned, n = self._scan(work)
             candidates += scanned
             info.update(scanned=True, scan_starts=n)
@@ -440,8 +462,8 @@ class KneelPredictor:
             reason = f"blank image (every pixel is {float(image.min()):g}): no knee"
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
                            {"verdict": "no_ap_knee", "knees": 0, "reason": reason},
-                           {"scanned": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0,
-                            "best_shape_distance": None})
+                           {"scanned": False, "whole_image": False, "local_starts": 0, "scan_starts": 0,
+                            "partner_starts": 0, "best_shape_distance": None})
         norm = self._normalise(image)
         work = self.working_image(norm)
         t1 = time.perf_counter()
@@ -487,7 +509,8 @@ class KneelPredictor:
                  "reason": "no knee-shaped set of landmarks anywhere in the image (lateral view, foot, long-leg "
                            "film, no knee, or a knee the model does not recognise)"})
         detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]),
-                     "local_starts": int(info["local_starts"]), "scan_starts": int(info["scan_starts"]),
+                     "whole_image": bool(info["whole_image"]), "local_starts": int(info["local_starts"]),
+                     "scan_starts": int(info["scan_starts"]),
                      "partner_starts": int(info["partner_starts"]), "knee_shape_limit": limit,
                      # the most knee-like answer anywhere: how far a film without a knee was from having one
                      "best_shape_distance": (round(float(info["best_shape_distance"]), 3)

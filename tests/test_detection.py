@@ -21,6 +21,7 @@ from kneel_monai.detection import (
     local_starts,
     off_centre_side,
     partner_searched,
+    room_for_partner,
     size_zoom,
     zoomed,
 )
@@ -39,6 +40,14 @@ def as_image(array: np.ndarray, spacing: float = SPACING) -> MetaTensor:
 
 def median_error_mm(knee, truth: np.ndarray) -> float:
     return float(np.median(np.linalg.norm(knee.landmarks_px - truth, axis=1)) * SPACING)
+
+
+def centred_single_knee(bilateral):
+    """A single-knee field: the right knee of the bilateral film in the middle, the other leg cut off."""
+    truth = np.asarray(bilateral.knees["R"]["landmarks_px"])
+    padded = np.pad(bilateral.image, ((0, 0), (600, 0)), mode="edge")
+    x0 = int(truth[4][0])
+    return padded[:, x0:x0 + 1200], truth + [600 - x0, 0]
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +72,7 @@ def test_a_lone_knee_on_its_half_is_found_once_and_its_side_comes_from_where_it_
 
 
 def test_a_centred_knee_gets_its_side_from_the_tag_then_the_anatomy_then_the_user(predictor, bilateral):
-    truth = np.asarray(bilateral.knees["R"]["landmarks_px"])
-    # a single-knee field: the right knee in the middle, the other leg cut off (edge-padded on the left)
-    padded = np.pad(bilateral.image, ((0, 0), (600, 0)), mode="edge")
-    x0 = int(truth[4][0])
-    field = padded[:, x0:x0 + 1200]
-    truth = truth + [600 - x0, 0]
+    field, truth = centred_single_knee(bilateral)
     # the DICOM laterality tag is believed first, whatever the anatomy says
     tagged = as_image(field)
     tagged.meta["laterality"] = "L"
@@ -218,10 +222,13 @@ def test_knees_beside_stage_1_are_found_by_looking_around_it_before_any_scan(bil
     """A start 45 mm below a knee gives an answer off the joint; the local search around the proposal (no
     whole-image scan) finds both knees on their landmarks, and says so in the detection record."""
     image = as_image(bilateral.image)
-    without = Stage1BesideTheKnees(*default_model_dirs(), device="cpu", scan=ScanSettings(scan=False, local_steps=0))
+    # stage 1 on the whole image is switched off too: this is about the halves' proposals
+    without = Stage1BesideTheKnees(*default_model_dirs(), device="cpu",
+                                   scan=ScanSettings(scan=False, local_steps=0, whole_image=False))
     missed = without.predict_image(image)
     assert not any(k.present for k in missed.knees.values()) and missed.detection["local_starts"] == 0
-    local = Stage1BesideTheKnees(without.roi, without.landmarks, device="cpu", scan=ScanSettings(scan=False))
+    local = Stage1BesideTheKnees(without.roi, without.landmarks, device="cpu",
+                                 scan=ScanSettings(scan=False, whole_image=False))
     found = local.predict_image(image)
     assert found.detection["local_starts"] == 2 * 9 and not found.detection["scanned"]
     # where stage 1's own proposals are believed, nothing is looked around
@@ -260,3 +267,46 @@ def test_a_partner_is_looked_for_again_only_from_the_same_knee_at_another_zoom()
     assert not partner_searched(knee(110.0, 1.8), searched, 0.5, 60.0)  # the same knee at another zoom: again
     assert not partner_searched(knee(300.0, 1.25), searched, 0.5, 60.0)  # 100 mm away: another knee
     assert not partner_searched(knee(110.0, 1.25), [], 0.5, 60.0)
+
+
+class HalvesFarFromTheKnee(KneelPredictor):
+    """Stage 1's halves as on a real single-knee film: their centres far off the knee (here the top corners)."""
+
+    def knee_centres(self, image):
+        _, confidence = super().knee_centres(image)
+        h, w = image.shape[-2:]
+        return {"R": np.array([0.25 * w, 0.05 * h]), "L": np.array([0.75 * w, 0.05 * h])}, confidence
+
+
+def test_a_knee_alone_in_the_field_is_found_without_a_scan_for_a_second_one(predictor, bilateral):
+    """A single-knee field: once its knee is found there is no room beside it for another, so the image is not
+    scanned (scanning anyway gives the same knee). When the halves' proposals miss it, stage 1 on the whole image
+    finds it."""
+    field, truth = centred_single_knee(bilateral)
+    result = predictor.predict_image(as_image(field))
+    knee = result.knees["R"]
+    assert knee.present and not result.knees["L"].present and knee.side_source == "anatomy"
+    assert median_error_mm(knee, truth) < 1.5 and not result.detection["scanned"]
+    always_scan = KneelPredictor(predictor.roi, predictor.landmarks, device="cpu", scan=ScanSettings(partner_room=0))
+    scanned = always_scan.predict_image(as_image(field))
+    assert scanned.detection["scanned"] and scanned.knees["R"].present
+    assert median_error_mm(scanned.knees["R"], knee.landmarks_px) < 1.0
+
+    missed = HalvesFarFromTheKnee(predictor.roi, predictor.landmarks, device="cpu",
+                                  scan=ScanSettings(scan=False, local_steps=0, whole_image=False))
+    assert not any(k.present for k in missed.predict_image(as_image(field)).knees.values())
+    whole = HalvesFarFromTheKnee(predictor.roi, predictor.landmarks, device="cpu")
+    found = whole.predict_image(as_image(field))
+    assert found.detection["whole_image"] and not found.detection["scanned"] and found.detection["local_starts"] == 0
+    assert found.knees["R"].present and median_error_mm(found.knees["R"], truth) < 1.5
+
+
+def test_room_for_a_second_knee_is_counted_in_plateau_widths():
+    pts = np.zeros((16, 2)) + [150.0, 100.0]
+    pts[0, 0], pts[8, 0] = 100.0, 200.0  # a 100 px plateau; landmark 4 (the centre) at x = 150
+    knee = Candidate("R", pts, np.full(16, 0.5), 3.0)
+    assert not room_for_partner(knee, 300, 2.0)  # 150 px on either side: 1.5 plateau widths
+    assert room_for_partner(knee, 360, 2.0)  # 209.5 px on the right
+    assert room_for_partner(knee, 300, 1.5) and room_for_partner(knee, 300, 0.0)
+    with pytest.raises(ValueError, match="partner_room"):
+        ScanSettings(partner_room=-1.0)
