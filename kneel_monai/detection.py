@@ -7,8 +7,8 @@ on annotated real knees) and enough heat-map confidence. When no proposal is bel
 starts on a small grid around each (stage 1 on a real film often lands beside the knee). When that
 does not give two such knees, a **scan** starts stage 2 on a grid over the whole image at a few ROI
 zooms (a knee larger or smaller than expected, e.g. a JPEG with a guessed spacing), keeps the most
-knee-like answers, refines them, and merges answers on the same knee. A lateral view, a foot or a long-leg film gives
-no knee-shaped answer anywhere and so no knee.
+knee-like answers, refines them, and merges answers on the same knee. A lateral view, a foot or a
+long-leg film gives no knee-shaped answer anywhere and so no knee.
 
 **Zoom.** A JPEG's spacing is a guess, and knees differ in size: on the development films the
 landmark network gave a knee-shaped answer only when the knee, as it sees it, was within about

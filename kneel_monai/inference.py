@@ -171,21 +171,24 @@ class KneelPredictor:
         return points_between(px, crop.affine, original.affine)
 
     # ---- the pipeline
+    def _stage1(self, image: MetaTensor, whole: bool) -> tuple[list[np.ndarray], list[float]]:
+        """Stage 1 on ``image`` at the ROI model's spacing, split into halves or ``whole``: each input's knee
+        centre (original pixels) and its confidence."""
+        low = ResampleToSpacing(float(self.roi.preprocessing["spacing_mm"]))(image)
+        inputs = [self._pad_crop(part, self.roi) for part in ([low] if whole else SplitHalves()(low))]
+        coords, conf = self._run(self._roi_nets, self.roi.network_input(inputs, self.device))
+        return ([self._to_original(coords[i], x, image, self.roi.pixel_offset)[0] for i, x in enumerate(inputs)],
+                [float(c) for c in conf[:, 0]])
+
     def knee_centres(self, image: MetaTensor) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Stage 1: the knee-joint centre of each image half, original pixels, and its confidence."""
-        low = ResampleToSpacing(float(self.roi.preprocessing["spacing_mm"]))(image)
-        halves = [self._pad_crop(h, self.roi) for h in SplitHalves()(low)]
-        coords, conf = self._run(self._roi_nets, self.roi.network_input(halves, self.device))
-        centres = {s: self._to_original(coords[i], halves[i], image, self.roi.pixel_offset)[0]
-                   for i, s in enumerate(SIDES)}
-        return centres, {s: float(conf[i, 0]) for i, s in enumerate(SIDES)}
+        centres, confidence = self._stage1(image, whole=False)
+        return dict(zip(SIDES, centres)), dict(zip(SIDES, confidence))
 
     def whole_image_centre(self, image: MetaTensor) -> np.ndarray:
         """Stage 1 on the whole image as one input, not halves: the centre of a knee alone in the field
         (original pixels). Each half of a single-knee image holds half a knee, and their centres are off it."""
-        low = self._pad_crop(ResampleToSpacing(float(self.roi.preprocessing["spacing_mm"]))(image), self.roi)
-        coords, _ = self._run(self._roi_nets, self.roi.network_input([low], self.device))
-        return self._to_original(coords[0], low, image, self.roi.pixel_offset)[0]
+        return self._stage1(image, whole=True)[0][0]
 
     def _landmark_crops(self, image: MetaTensor, centres: dict[str, np.ndarray] | list[tuple[str, np.ndarray]]
                         ) -> list[MetaTensor]:
@@ -379,8 +382,7 @@ class KneelPredictor:
         def believe() -> list[Candidate]:
             return distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
 
-        info: dict[str, Any] = {"scanned": False, "whole_image": False, "local_starts": 0, "scan_starts": 0,
-                                "partner_starts": 0}
+        info = _nothing_searched()
         searched: list[Candidate] = []  # lone knees whose partner was looked for
 
         def look_for_partner(knees: list[Candidate]) -> list[Candidate]:
@@ -462,8 +464,7 @@ class KneelPredictor:
             reason = f"blank image (every pixel is {float(image.min()):g}): no knee"
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
                            {"verdict": "no_ap_knee", "knees": 0, "reason": reason},
-                           {"scanned": False, "whole_image": False, "local_starts": 0, "scan_starts": 0,
-                            "partner_starts": 0, "best_shape_distance": None})
+                           {**_nothing_searched(), "best_shape_distance": None})
         norm = self._normalise(image)
         work = self.working_image(norm)
         t1 = time.perf_counter()
@@ -528,6 +529,11 @@ class KneelPredictor:
         result = self.predict_image(image, str(path), single_knee_side)
         result.timings_s = {"read": read_s, **result.timings_s}
         return result
+
+
+def _nothing_searched() -> dict[str, Any]:
+    """How a radiograph's knees were looked for, before any search (``detect_knees`` counts from here)."""
+    return {"scanned": False, "whole_image": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0}
 
 
 def _result(image: MetaTensor, path: str, knees: dict[str, KneeResult], view: dict[str, Any],
