@@ -51,6 +51,17 @@ def add_synth_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="image size in pixels for every image (default: drawn, 2000-2900 a side)")
     p.add_argument("--kl", type=int, choices=range(5), default=None, help="KL grade of every knee (default: drawn)")
+    p.add_argument("--real-knees", metavar="DATALIST", default=None,
+                   help="composite real knees into the images (for training stage 1 on real knee appearance): a "
+                   "landmark datalist of registered real crops, e.g. kneel build-oai-crops' landmark_datalist.json")
+    p.add_argument("--real-folds", type=int, nargs="+", default=[1], metavar="K",
+                   help="the datalist folds whose knees are used (default 1: build-oai-crops' training part, so "
+                   "that validation knees stay unseen)")
+    p.add_argument("--real-knee-fraction", type=_fraction, default=0.8,
+                   help="with --real-knees: fraction of images whose knees are replaced by real ones (default 0.8)")
+    p.add_argument("--single-field-fraction", type=_fraction, default=0.0,
+                   help="with --real-knees: fraction of bilateral images written as two single-knee fields side by "
+                   "side (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_synth)
     return p
@@ -60,6 +71,11 @@ def run_synth(ns: argparse.Namespace) -> int:
     from .generate import generate_dataset
 
     try:
+        real = None
+        if ns.real_knees is not None:
+            from .composite import read_real_knees
+
+            real = read_real_knees(ns.real_knees, folds=ns.real_folds)
         index = generate_dataset(
             ns.out_dir,
             ns.n,
@@ -70,9 +86,12 @@ def run_synth(ns: argparse.Namespace) -> int:
             spacing_mm=ns.spacing,
             size=tuple(ns.size) if ns.size else None,
             kl=ns.kl,
+            real_knees=real,
+            real_knee_fraction=ns.real_knee_fraction,
+            single_field_fraction=ns.single_field_fraction,
             progress=not ns.no_progress,
         )
-    except ValueError as err:  # e.g. a field too small for two knees: one line, exit code 2
+    except (ValueError, OSError, KeyError) as err:  # a field too small for two knees, a bad datalist: one line
         print(f"kneel synth: error: {err}", file=sys.stderr)
         return 2
     items = json.loads(Path(index).read_text(encoding="utf-8"))["items"]

@@ -398,6 +398,9 @@ def generate_dataset(
     spacing_mm: float | None = None,
     size: tuple[int, int] | None = None,
     kl: int | None = None,
+    real_knees: Sequence[Any] | None = None,
+    real_knee_fraction: float = 1.0,
+    single_field_fraction: float = 0.0,
     progress: bool = True,
 ) -> Path:
     """Write ``n`` radiographs (+ ground-truth JSONs) and ``dataset.json`` into ``out_dir``.
@@ -407,6 +410,12 @@ def generate_dataset(
     compressed transfer syntaxes (a syntax whose encoder is not installed falls back to explicit
     VR little endian, recorded in the index as ``transfer_syntax_requested``). Spacings and sizes
     vary per image unless given. Deterministic for ``seed``. Returns the index's path.
+
+    ``real_knees`` (:func:`~kneel_monai.synthetic.composite.read_real_knees`): that fraction
+    (``real_knee_fraction``) of the images gets real knees composited in place of its synthetic ones
+    (:func:`~kneel_monai.synthetic.composite.composite_real_knees`); ``single_field_fraction`` of the
+    bilateral images are written as two single-knee fields side by side
+    (:func:`~kneel_monai.synthetic.composite.single_knee_fields`). Both are for training stage 1.
     """
     if fmt not in ("dcm", "png", "mixed"):
         raise ValueError(f"fmt must be 'dcm', 'png' or 'mixed', got {fmt!r}")
@@ -423,6 +432,8 @@ def generate_dataset(
     items = []
     from tqdm.auto import tqdm
 
+    # the real-knee draws have their own stream, so the synthetic films are the same with or without them
+    real_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x4EA1]))
     for i in tqdm(range(n), desc="synth", unit="img", disable=not progress):
         item_seed = int(item_seeds[i])
         single = rng.random() < single_knee_fraction
@@ -431,6 +442,14 @@ def generate_dataset(
         item_fmt = fmt if fmt != "mixed" else ("png" if rng.random() < png_fraction else "dcm")
         opts = _dicom_options(rng) if item_fmt == "dcm" else {}
         sample = generate_radiograph(item_seed, spacing_mm=spacing_mm, size=size, knees=knees, kl=kl, crop=crop)
+        layout = "bilateral" if not single else "single_knee"
+        if real_knees:
+            from .composite import composite_real_knees, single_knee_fields
+
+            if real_rng.random() < real_knee_fraction:
+                sample = composite_real_knees(sample, real_knees, real_rng)
+            if not single and real_rng.random() < single_field_fraction:
+                sample, layout = single_knee_fields(sample, real_rng), "single_knee_fields"
         stem = f"synth_{i:0{width}d}"
         entry: dict[str, Any] = {}
         try:
@@ -449,7 +468,10 @@ def generate_dataset(
             "image_size": list(sample.image_size),
             "knees": {s: (None if sample.knees[s] is None else int(sample.knees[s]["kl"])) for s in SIDES},
             "crop": crop,
+            "layout": layout,
         })
+        if "real_knees" in sample.params:
+            entry["real_knees"] = sample.params["real_knees"]
         if opts:
             entry["dicom"] = opts
         items.append(entry)
