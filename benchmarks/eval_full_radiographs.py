@@ -45,6 +45,20 @@ def guessed_spacing(path: Path, view: str) -> float | None:
     return FIELD_WIDTH_MM[view] / w if view in FIELD_WIDTH_MM else FIELD_HEIGHT_MM / h
 
 
+def stage1_offsets_mm(result: dict, width: int) -> dict[str, float]:
+    """How far stage 1's centre of each half was from the knee found there (its landmark 4), in mm: whether
+    stage 1 itself found the knee, or the searches after it did."""
+    stage1 = result["detection"].get("stage1_px") or {}
+    mm = float(np.mean(result["pixel_spacing_mm"]))
+    out = {}
+    for side, knee in result["knees"].items():
+        if knee["present"] and stage1:
+            centre = np.asarray(knee["landmarks_px"][4])
+            half = "R" if centre[0] < width / 2 else "L"  # image left half = patient's right
+            out[side] = round(float(np.linalg.norm(centre - np.asarray(stage1[half])) * mm), 1)
+    return out
+
+
 def knee_text(knee: dict) -> str:
     if not knee["present"]:
         return "—"
@@ -103,11 +117,12 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         knees = result["knees"]
         present = [s for s, k in knees.items() if k["present"]]
+        offsets = stage1_offsets_mm(result, image.shape[-1])
         rows.append({"file": name, "view": view, "knees_found": len(present), "expected": EXPECTED_KNEES.get(view, 0),
                      "sides": {s: knees[s]["side_source"] for s in present},
                      "ok": sum(knees[s]["quality"] == "ok" for s in present), "verdict": result["view"]["verdict"],
                      "detection": result["detection"], "seconds": round(seconds, 2),
-                     "knees": {s: knee_text(k) for s, k in knees.items()}})
+                     "knees": {s: knee_text(k) for s, k in knees.items()}, "stage1_offset_mm": offsets})
         tile = tmp / f"{name}.png"
         caption = f"{name} [{view}] " + " ".join(f"{s}:{knees[s]['quality']}/{knees[s]['side_source']}"
                                                    for s in present) if present else f"{name} [{view}] no AP knee"
@@ -129,6 +144,9 @@ def main() -> None:
         # the margin: the most knee-like answer on any non-AP film (a knee needs <= knee_shape_limit)
         "non_ap_best_shape_distance": min((r["detection"]["best_shape_distance"] for r in other
                                            if r["detection"].get("best_shape_distance") is not None), default=None),
+        # stage 1's own aim on the bilateral films (a single-knee field's halves each hold half a knee)
+        "stage1_offset_mm_bilateral": sorted(d for r in ap if r["view"] == "bilateral_ap"
+                                             for d in r["stage1_offset_mm"].values()),
         "failed_to_read": [r["file"] for r in rows if "error" in r],
         "median_seconds": float(np.median(seconds)) if seconds else None,
     }
@@ -146,16 +164,18 @@ def main() -> None:
                                 "pck_2.5_mean": float(test_all["mean"][2.5]),
                                 "outliers_pct": float(test_all["outliers"])}
 
-    lines = ["| file | view | knees found / expected | R | L | verdict | searched (local / scan starts) | "
-             "most knee-like | s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| file | view | knees found / expected | R | L | verdict | stage 1 → knee (mm) | "
+             "searched (local / scan starts) | most knee-like | s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['file']} | {r['view']} | unreadable: {r['error']} | | | | | | |")
+            lines.append(f"| {r['file']} | {r['view']} | unreadable: {r['error']} | | | | | | | |")
             continue
         det = r["detection"]
         best = det.get("best_shape_distance")
         lines.append(f"| {r['file']} | {r['view']} | {r['knees_found']} / {r['expected']} | {r['knees']['R']} | "
-                     f"{r['knees']['L']} | {r['verdict']} | {det.get('local_starts', 0)} / {det['scan_starts']} | "
+                     f"{r['knees']['L']} | {r['verdict']} | "
+                     f"{' '.join(f'{k} {v:g}' for k, v in r['stage1_offset_mm'].items()) or '—'} | "
+                     f"{det.get('local_starts', 0)} / {det['scan_starts']} | "
                      f"{'—' if best is None else f'{best:.2f}'} | {r['seconds']} |")
     lines += ["", "```", json.dumps(summary, indent=1), "```"]
     (ns.out / "full_radiographs.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -148,6 +148,7 @@ class KneelPredictor:
                              f"model to {self._normalise.spec}; one radiograph is normalised once for both stages")
         self._roi_scaling = PercentileNormalise.for_roi(lp.get("intensity"))
         self._local_contrast = LocalContrast.from_preprocessing(lp.get("local_contrast"))
+        self._roi_local_contrast = LocalContrast.from_preprocessing(self.roi.preprocessing.get("local_contrast"))
 
     # ---- network input and output
     @torch.inference_mode()
@@ -171,11 +172,18 @@ class KneelPredictor:
         return points_between(px, crop.affine, original.affine)
 
     # ---- the pipeline
+    def _stage1_inputs(self, image: MetaTensor, whole: bool) -> list[MetaTensor]:
+        """What the ROI model reads of ``image``: resampled to its spacing (equalised when its model file says),
+        split into halves or ``whole``, padded and cropped."""
+        low = ResampleToSpacing(float(self.roi.preprocessing["spacing_mm"]))(image)
+        if self._roi_local_contrast is not None:  # on the whole resampled image, before halving, as in training
+            low = self._roi_local_contrast(low)
+        return [self._pad_crop(part, self.roi) for part in ([low] if whole else SplitHalves()(low))]
+
     def _stage1(self, image: MetaTensor, whole: bool) -> tuple[list[np.ndarray], list[float]]:
         """Stage 1 on ``image`` at the ROI model's spacing, split into halves or ``whole``: each input's knee
         centre (original pixels) and its confidence."""
-        low = ResampleToSpacing(float(self.roi.preprocessing["spacing_mm"]))(image)
-        inputs = [self._pad_crop(part, self.roi) for part in ([low] if whole else SplitHalves()(low))]
+        inputs = self._stage1_inputs(image, whole)
         coords, conf = self._run(self._roi_nets, self.roi.network_input(inputs, self.device))
         return ([self._to_original(coords[i], x, image, self.roi.pixel_offset)[0] for i, x in enumerate(inputs)],
                 [float(c) for c in conf[:, 0]])
@@ -304,10 +312,9 @@ class KneelPredictor:
         """Stage 2 (refined, re-zoomed) from ``(side, centre, zoom)``: a knee's answer in its side's orientation."""
         return self._resized(work, self._candidates(work, starts, "side"))
 
-    def _proposals(self, norm: MetaTensor, work: MetaTensor) -> list[Candidate]:
-        """Stage 1's centre of each image half, stage 2 from it at every ``scan.proposal_zooms``: the most
-        knee-like answer per half, re-zoomed by its size."""
-        centres, _ = self.knee_centres(norm)
+    def _proposals(self, norm: MetaTensor, work: MetaTensor, centres: dict[str, np.ndarray]) -> list[Candidate]:
+        """From stage 1's ``centres`` of the image halves (``norm`` pixels), stage 2 at every
+        ``scan.proposal_zooms``: the most knee-like answer per half, re-zoomed by its size."""
         zooms = self.scan.proposal_zooms
         starts = [(s, points_between(centres[s][None], norm.affine, work.affine)[0], z) for s in SIDES for z in zooms]
         tried = self._candidates(work, starts, "stage1")
@@ -376,13 +383,16 @@ class KneelPredictor:
         Points are pixels of ``work`` (``working_image(norm)`` by default)."""
         work = self.working_image(norm) if work is None else work
         w = work.shape[-1]
-        candidates = self._proposals(norm, work)
+        centres, _ = self.knee_centres(norm)
+        candidates = self._proposals(norm, work, centres)
         mm = pixel_spacing(work.affine)[1]
 
         def believe() -> list[Candidate]:
             return distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
 
         info = _nothing_searched()
+        # where stage 1 looked, in the radiograph's pixels: how far it was from the knees found says how it did
+        info["stage1_px"] = {side: [round(float(v), 1) for v in c] for side, c in centres.items()}
         searched: list[Candidate] = []  # lone knees whose partner was looked for
 
         def look_for_partner(knees: list[Candidate]) -> list[Candidate]:
@@ -464,7 +474,7 @@ class KneelPredictor:
             reason = f"blank image (every pixel is {float(image.min()):g}): no knee"
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
                            {"verdict": "no_ap_knee", "knees": 0, "reason": reason},
-                           {**_nothing_searched(), "best_shape_distance": None})
+                           {**_nothing_searched(), "best_shape_distance": None, "stage1_px": None})
         norm = self._normalise(image)
         work = self.working_image(norm)
         t1 = time.perf_counter()
@@ -512,7 +522,8 @@ class KneelPredictor:
         detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]),
                      "whole_image": bool(info["whole_image"]), "local_starts": int(info["local_starts"]),
                      "scan_starts": int(info["scan_starts"]),
-                     "partner_starts": int(info["partner_starts"]), "knee_shape_limit": limit,
+                     "partner_starts": int(info["partner_starts"]), "stage1_px": info.get("stage1_px"),
+                     "knee_shape_limit": limit,
                      # the most knee-like answer anywhere: how far a film without a knee was from having one
                      "best_shape_distance": (round(float(info["best_shape_distance"]), 3)
                                              if np.isfinite(info["best_shape_distance"]) else None),

@@ -110,6 +110,7 @@ def test_no_knee_is_reported_on_images_without_one(predictor, bilateral):
     blank = predictor.predict_image(as_image(np.full((600, 700), 7.0)))
     assert blank.view["verdict"] == "no_ap_knee" and "blank image" in blank.knees["R"].reason
     assert blank.detection["best_shape_distance"] is None and json.loads(json.dumps(blank.to_dict()))
+    assert blank.detection["stage1_px"] is None  # stage 1 did not run
     # the reasons survive the JSON round trip
     again = RadiographResult.from_dict(blank.to_dict())
     assert again.view == blank.view and again.knees["L"].reason == blank.knees["L"].reason
@@ -238,6 +239,12 @@ def test_knees_beside_stage_1_are_found_by_looking_around_it_before_any_scan(bil
         knee = found.knees[side]
         assert knee.present and knee.side_source == "image_position"
         assert median_error_mm(knee, np.asarray(bilateral.knees[side]["landmarks_px"])) < 1.5
+        # the record says where stage 1 looked: 45 mm below the knee here, within 15 mm of it when not shifted
+        truth = np.asarray(bilateral.knees[side]["landmarks_px"][4])
+        beside = np.asarray(found.detection["stage1_px"][side]) - truth
+        assert abs(beside[1] * SPACING - 45.0) < 15.0 and abs(beside[0] * SPACING) < 15.0
+        assert np.linalg.norm(np.asarray(direct["stage1_px"][side]) - truth) * SPACING < 15.0
+    assert json.loads(json.dumps(found.to_dict()))["detection"]["stage1_px"] == found.detection["stage1_px"]
 
 
 def test_local_starts_surround_the_centre_in_millimetres_and_stay_on_the_image():

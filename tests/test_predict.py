@@ -331,6 +331,35 @@ def test_inference_crops_exactly_what_training_and_evaluation_feed_the_network(c
         np.testing.assert_allclose(cut.affine.numpy(), fed.affine.numpy(), atol=1e-9)
 
 
+@pytest.mark.parametrize("stage_name", ["roi_cpu", "roi_cpu_clahe"])
+def test_stage1_reads_exactly_what_training_feeds_the_roi_network(cohort, stage_name):
+    """One geometry for stage 1 too: the predictor's two half inputs (resampled, equalised when the model file
+    says, halved, padded, cropped) equal the ROI training/evaluation chain's, and so does their affine."""
+    from kneel_monai.io import read_radiograph
+    from kneel_monai.model_io import load_model
+    from kneel_monai.training.evaluation import stage_of_model
+    from kneel_monai.training.stages import STAGES, stage_transforms
+
+    root, truth = cohort
+    path, sample = next(iter(truth.items()))
+    roi = load_model(default_model_dirs()[0])
+    roi.preprocessing = STAGES[stage_name].preprocessing
+    predictor = KneelPredictor(roi, default_model_dirs()[1], device="cpu")
+    chain = stage_transforms(stage_of_model(roi), train=False)
+    centres = {s: sample.knees[s]["landmarks_px"][4].tolist() for s in ("R", "L")}
+    fed = chain({"image": path, "knee_centres_px": centres})
+    read = predictor._stage1_inputs(predictor._normalise(read_radiograph(path)), whole=False)
+    assert len(fed) == len(read) == 2
+    for f, r in zip(fed, read):
+        assert f["image"].shape == r.shape == (1, 112, 112)
+        np.testing.assert_allclose(r.numpy(), f["image"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(r.affine.numpy(), f["image"].affine.numpy(), atol=1e-9)
+    plain = KneelPredictor(default_model_dirs()[0], default_model_dirs()[1], device="cpu")
+    if stage_name == "roi_cpu_clahe":  # and the equalisation is really there
+        assert np.abs(plain._stage1_inputs(predictor._normalise(read_radiograph(path)), False)[0].numpy()
+                      - read[0].numpy()).max() > 0.2
+
+
 def test_cli_spacing_and_ensemble_options(tmp_path):
     """``--spacing ROW COL`` is what a PNG is measured with (and said so); ``--ensemble`` averages every fold of a
     multi-fold model, without it the first fold alone answers."""

@@ -133,15 +133,17 @@ def _head(percentiles: tuple[float, float]) -> list:
 
 
 def roi_stage_transforms(train: bool, spacing_mm: float = 1.0, pad: int = 520, crop: int = 450,
-                         cutout: float = 0.1, percentiles: tuple[float, float] = (5.0, 99.0)) -> Compose:
+                         cutout: float = 0.1, percentiles: tuple[float, float] = (5.0, 99.0),
+                         local_contrast: Mapping | None = None) -> Compose:
     """Radiograph item → two half-image samples (patient's right knee first), knee centre as target.
 
     In training, halves without a knee are dropped (the ROI model has nothing to learn there).
+    ``local_contrast`` equalises the resampled image before it is split, as inference does.
     """
-    return Compose(_head(percentiles) + [
-        ResampleToSpacingd("image", spacing_mm, point_keys="points"),
-        SplitHalvesd("image", point_keys="points", drop_absent=train),
-    ] + _tail(train, pad, crop, cutout))
+    equalise = LocalContrast.from_preprocessing(local_contrast)
+    return Compose(_head(percentiles) + [ResampleToSpacingd("image", spacing_mm, point_keys="points")]
+                   + ([] if equalise is None else [LocalContrastd("image", equalise.tile_mm, equalise.clip_limit)])
+                   + [SplitHalvesd("image", point_keys="points", drop_absent=train)] + _tail(train, pad, crop, cutout))
 
 
 def landmark_stage_transforms(train: bool, size_mm: float = 140.0, spacing_mm: float = 0.3, pad: int = 520,

@@ -63,7 +63,7 @@ class StageConfig:
         fields = ("spacing_mm", "pad_size", "crop_size") + (("roi_size_mm",) if self.task == "landmarks" else ())
         out = [f"{f} {getattr(self, f)} vs {getattr(other, f)}" for f in fields
                if not math.isclose(float(getattr(self, f)), float(getattr(other, f)), rel_tol=1e-9)]
-        if self.task == "landmarks" and self.local_contrast != other.local_contrast:
+        if self.local_contrast != other.local_contrast:
             out.append(f"local contrast {self.local_contrast_spec} vs {other.local_contrast_spec}")
         if not all(math.isclose(a, b) for a, b in zip(self.intensity_percentiles, other.intensity_percentiles)):
             out.append(f"intensity percentiles {self.intensity_percentiles} vs {other.intensity_percentiles}")
@@ -92,6 +92,9 @@ STAGES: dict[str, StageConfig] = {
     "landmarks": StageConfig("landmarks", 0.3, 520, 450),
     # the knee centre needs ~10 mm, not 1 mm: 4 mm pixels keep the half-image field of view at 1/16 of the cost
     "roi_cpu": StageConfig("roi", 4.0, 130, 112, out_points=1, subset=None, key_radius_mm=10.0),
+    # the same with CLAHE on the whole 4 mm image (64 mm tiles), as the landmark stage equalises its ROI
+    "roi_cpu_clahe": StageConfig("roi", 4.0, 130, 112, out_points=1, subset=None, key_radius_mm=10.0,
+                                 local_contrast=(("clip_limit", 0.01), ("kind", "clahe"), ("tile_mm", 64.0))),
     "landmarks_cpu": StageConfig("landmarks", 0.6, 260, 224),
     # the same with CLAHE on every ROI: real crops (CLAHE-processed) and raw radiographs look alike to the
     # network (docs/real_knees.md); the shipped landmark model of 0.3.x
@@ -144,7 +147,8 @@ def stage_transforms(stage: StageConfig, train: bool, cutout: float = 0.1):
     """The stage's transform chain (training or evaluation); ``cutout``: side fraction, 0 turns it off."""
     if stage.task == "roi":
         return roi_stage_transforms(train, spacing_mm=stage.spacing_mm, pad=stage.pad_size, crop=stage.crop_size,
-                                    cutout=cutout, percentiles=stage.intensity_percentiles)
+                                    cutout=cutout, percentiles=stage.intensity_percentiles,
+                                    local_contrast=stage.local_contrast_spec)
     return landmark_stage_transforms(train, size_mm=stage.roi_size_mm, spacing_mm=stage.spacing_mm,
                                      pad=stage.pad_size, crop=stage.crop_size, cutout=cutout,
                                      local_contrast=stage.local_contrast_spec,
