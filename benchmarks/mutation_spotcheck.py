@@ -112,6 +112,16 @@ MUTANTS = [
            "    return max(x + 0.5, width_px - 0.5 - x) >= plateau_widths * plateau",
            "    return True", ("tests/test_detection.py::test_a_knee_alone_in_the_field_is_found_without_a_scan_for_a_"
                               "second_one",), "a single-knee field scanned for a second knee"),
+    Mutant("roi_clahe_skipped", "kneel_monai/inference.py",
+           "            low = self._roi_local_contrast(low)\n", "            pass\n",
+           ("tests/test_predict.py::test_stage1_reads_exactly_what_training_feeds_the_roi_network",),
+           "stage 1's input not equalised at inference though its model file says so"),
+    Mutant("composite_scale_inverted", "kneel_monai/synthetic/composite.py",
+           "    scale = knee.spacing_mm / spacing_mm\n", "    scale = spacing_mm / knee.spacing_mm\n",
+           ("tests/test_composite.py",), "a real knee pasted at the wrong size"),
+    Mutant("single_field_shift_forgotten", "kneel_monai/synthetic/composite.py",
+           '"landmarks_px": pts - [x0 - i * fw, y0]', '"landmarks_px": pts - [x0, y0]',
+           ("tests/test_composite.py",), "the second single-knee field's landmarks left where the knee was"),
 ]
 
 
