@@ -10,7 +10,10 @@ radiograph. Rows:
 * ``default, 1 reader``: refinement on, radiographs read in a DataLoader worker (``--workers 1``);
 * ``release``: the original release's configuration — N 24, depth 4, 3×3 "1×1" convolutions,
   3 channels, ROI at 1 mm and landmarks at 0.3 mm on 450 × 450 crops, 3 network passes per
-  knee pair (stage 1, stage 2, refinement) — with random weights (speed only). The baseline.
+  knee pair (stage 1, stage 2, refinement) and the release's detection (each half's stage-1 answer
+  taken as its knee: no shape check, zooms or search) — with random weights (speed only). The
+  baseline. (Random weights give no knee-shaped answer, so the shipped detection would scan every
+  film with them: a cost of the weights, not of the release's pipeline.)
 
 Figures: radiographs/s, seconds per radiograph and the per-stage breakdown (means per
 radiograph), and the speed-up against the release row of the same run.
@@ -63,11 +66,14 @@ def _release_models(folder: Path) -> tuple[Path, Path]:
 
 def _worker(row: str, data: str, out: str) -> dict:
     from kneel_monai.cohort import find_radiographs, predict_paths
+    from kneel_monai.detection import ScanSettings
     from kneel_monai.inference import KneelPredictor, default_model_dirs
 
     cfg = ROWS[row]
     models = default_model_dirs() if cfg["model"] == "shipped" else _release_models(Path(out) / "models")
-    predictor = KneelPredictor(*models, device="cpu", refine=cfg["refine"], min_confidence=0.0)
+    scan = ScanSettings() if cfg["model"] == "shipped" else ScanSettings(  # the release's: one answer per half
+        knee_shape_limit=None, scan=False, local_steps=0, whole_image=False, proposal_zooms=(1.0,), size_rounds=0)
+    predictor = KneelPredictor(*models, device="cpu", refine=cfg["refine"], min_confidence=0.0, scan=scan)
     files, _ = find_radiographs(data)
     predict_paths(predictor, files[:1], Path(out) / "warmup", progress=False)  # warm-up
     t0 = time.perf_counter()

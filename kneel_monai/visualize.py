@@ -36,6 +36,10 @@ def _to_display(image, max_side_px: int | None = None) -> tuple[np.ndarray, tupl
     return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1), (h, w)
 
 
+def _rgb(colour: tuple[float, float, float], alpha: float = 1.0) -> tuple[int, int, int, int]:
+    return tuple(int(round(255 * c)) for c in colour) + (int(round(255 * alpha)),)  # type: ignore[return-value]
+
+
 def draw_landmarks_overlay(
     image,
     knees: Mapping[str, np.ndarray | None],
@@ -51,53 +55,72 @@ def draw_landmarks_overlay(
     when ``show_ids``. ``reference`` (optional, same layout) is drawn as white crosses, e.g. the
     ground truth under a prediction. Absent knees (``None``) are labelled as absent. The picture
     is at most ``max_side_px`` on its longer side; the file is written atomically.
+
+    Drawn with Pillow, not matplotlib: a cohort writes one per radiograph, and a figure's set-up and
+    rendering cost several times the prediction's own share of it.
     """
-    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
 
-    matplotlib.use("Agg", force=False)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    display, (h, w) = _to_display(image, max_side_px)
-    scale = min(1.0, max_side_px / max(h, w))
-    dpi = 100
-    fig = Figure(figsize=(display.shape[1] / dpi, display.shape[0] / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    # one picture pixel per display pixel; the extent keeps the axes in the radiograph's pixels
-    ax.imshow(display, cmap="gray", vmin=0, vmax=1, interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
-    ax.axis("off")
-    marker = max(3.0, 5.0 * scale * max(h, w) / 1000)
-    font = max(5.0, 7.0 * scale * max(h, w) / 1000)
+    checked = {}
     for side, points in knees.items():
-        if points is None:
-            ax.text(w * (0.25 if side == "R" else 0.75), h * 0.05, f"{side}: no knee found", color="yellow",
-                    ha="center", va="top", fontsize=2 * font)
-            continue
-        pts = np.asarray(points, dtype=np.float64)
-        if pts.shape != (NUM_LANDMARKS, 2):
+        pts = None if points is None else np.asarray(points, dtype=np.float64)
+        if pts is not None and pts.shape != (NUM_LANDMARKS, 2):
             raise ValueError(f"knee {side}: expected ({NUM_LANDMARKS}, 2) points, got {pts.shape}")
+        checked[side] = pts
+    display, (h, w) = _to_display(image, max_side_px)
+    dh, dw = display.shape
+    sx, sy = dw / w, dh / h  # radiograph pixel centres → picture pixel centres
+
+    def at(pts: np.ndarray) -> list[tuple[float, float]]:
+        return [((x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5) for x, y in pts]
+
+    size = max(dh, dw)
+    marker = max(2.0, 3.5 * size / 1000)  # radius in picture pixels
+    font = ImageFont.load_default(size=max(8, round(10.0 * size / 1000)))
+    medium = ImageFont.load_default(size=max(10, round(14.0 * size / 1000)))
+    big = ImageFont.load_default(size=max(12, round(20.0 * size / 1000)))
+    picture = Image.fromarray(np.rint(display * 255).astype(np.uint8), mode="L").convert("RGBA")
+    layer = Image.new("RGBA", picture.size, (0, 0, 0, 0))  # lines and boxes are half transparent
+    draw, over = ImageDraw.Draw(picture), ImageDraw.Draw(layer)
+    yellow = (255, 255, 0, 255)
+    for side, pts in checked.items():
+        if pts is None:
+            draw.text((dw * (0.25 if side == "R" else 0.75), dh * 0.05), f"{side}: no knee found", fill=yellow,
+                      font=big, anchor="mt")
+            continue
         for ids, bone in ((TIBIA_IDS, "tibia"), (FEMUR_IDS, "femur")):
-            colour = BONE_COLOURS[bone]
-            ax.plot(pts[list(ids), 0], pts[list(ids), 1], "-", color=colour, lw=0.8, alpha=0.7)
-            ax.plot(pts[list(ids), 0], pts[list(ids), 1], "o", color=colour, ms=marker, mec="black", mew=0.4)
-            if show_ids:
-                dy = 1 if bone == "tibia" else -1
-                for i in ids:
-                    ax.annotate(str(i), pts[i], xytext=(0, 2.2 * marker * dy), textcoords="offset points",
-                                color=colour, fontsize=font, ha="center", va="center")
-        ax.text(pts[:, 0].mean(), pts[:, 1].min() - 0.06 * h, side, color="yellow", ha="center",
-                fontsize=2 * font, fontweight="bold")
-    for side, points in (reference or {}).items():
+            over.line(at(pts[list(ids)]), fill=_rgb(BONE_COLOURS[bone], 0.7), width=max(1, round(size / 1000)))
+    picture.alpha_composite(layer)
+    draw = ImageDraw.Draw(picture)
+    for side, pts in checked.items():
+        if pts is None:
+            continue
+        for ids, bone in ((TIBIA_IDS, "tibia"), (FEMUR_IDS, "femur")):
+            colour = _rgb(BONE_COLOURS[bone])
+            for i in ids:
+                x, y = at(pts[i:i + 1])[0]
+                draw.ellipse((x - marker, y - marker, x + marker, y + marker), fill=colour, outline=(0, 0, 0, 255))
+                if show_ids:  # tibial ids below their points, femoral above
+                    dy = 3.2 * marker * (1 if bone == "tibia" else -1)
+                    draw.text((x, y + dy), str(i), fill=colour, font=font, anchor="mm")
+        centre = at(pts)
+        draw.text((float(np.mean([p[0] for p in centre])), min(p[1] for p in centre) - 0.06 * dh), side,
+                  fill=yellow, font=big, anchor="mb", stroke_width=1, stroke_fill=yellow)
+    for points in (reference or {}).values():
         if points is not None:
-            pts = np.asarray(points, dtype=np.float64)
-            ax.plot(pts[:, 0], pts[:, 1], "x", color="white", ms=marker * 1.2, mew=0.8)
-    if title:
-        ax.text(0.01 * w, 0.99 * h, title, color="white", fontsize=1.5 * font, va="bottom",
-                bbox=dict(facecolor="black", alpha=0.6, pad=2, linewidth=0))  # readable on bright borders too
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", pil_kwargs={"compress_level": 1}))
+            for x, y in at(np.asarray(points, dtype=np.float64)):
+                r = 1.2 * marker
+                draw.line((x - r, y - r, x + r, y + r), fill=(255, 255, 255, 255), width=1)
+                draw.line((x - r, y + r, x + r, y - r), fill=(255, 255, 255, 255), width=1)
+    if title:  # on a dark box: readable on bright borders too
+        box = draw.textbbox((0.01 * dw, 0.99 * dh), title, font=medium, anchor="lb")
+        layer = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+        ImageDraw.Draw(layer).rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0, 153))
+        picture.alpha_composite(layer)
+        ImageDraw.Draw(picture).text((0.01 * dw, 0.99 * dh), title, fill=(255, 255, 255, 255), font=medium,
+                                     anchor="lb")
+    rgb = picture.convert("RGB")
+    return atomic_write(path, lambda tmp: rgb.save(tmp, format="PNG", compress_level=1))
 
 
 def draw_knee_measurements(image, landmarks_px: np.ndarray, pixel_spacing_mm: tuple[float, float],

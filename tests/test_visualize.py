@@ -32,3 +32,16 @@ def test_overlay_downscales_and_rejects_bad_points(tmp_path):
     with pytest.raises(ValueError, match="2-D"):
         draw_landmarks_overlay(np.zeros((3, 4, 5)), {}, tmp_path / "d.png")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_overlay_puts_reference_crosses_on_their_points_and_keeps_the_grey_elsewhere(tmp_path):
+    image = np.random.default_rng(1).uniform(0.3, 0.4, size=(300, 500))
+    truth = knee_points(130, 150, False)
+    path = draw_landmarks_overlay(image, {"R": None, "L": None}, tmp_path / "r.png", reference={"R": truth},
+                                  title=None)
+    rgb = imread(path)[..., :3]
+    white = (rgb > 0.95).all(axis=-1)
+    for x, y in np.rint(truth).astype(int):  # a cross's centre pixel is drawn on each reference point
+        assert white[y - 1:y + 2, x - 1:x + 2].any()
+    grey = np.isclose(rgb[..., 0], rgb[..., 1]) & np.isclose(rgb[..., 1], rgb[..., 2])
+    assert grey[200:, :].all()  # below the knee and the labels: the radiograph only, still grey
