@@ -48,13 +48,15 @@ def guessed_spacing(path: Path, view: str) -> float | None:
 def stage1_offsets_mm(result: dict, width: int) -> dict[str, float]:
     """How far stage 1's centre of each half was from the knee found there (its landmark 4), in mm: whether
     stage 1 itself found the knee, or the searches after it did."""
+    from kneel_monai.detection import orientation_at
+
     stage1 = result["detection"].get("stage1_px") or {}
     mm = float(np.mean(result["pixel_spacing_mm"]))
     out = {}
     for side, knee in result["knees"].items():
         if knee["present"] and stage1:
             centre = np.asarray(knee["landmarks_px"][4])
-            half = "R" if centre[0] < width / 2 else "L"  # image left half = patient's right
+            half = orientation_at(centre[0], width)  # the half stage 1 read the knee in
             out[side] = round(float(np.linalg.norm(centre - np.asarray(stage1[half])) * mm), 1)
     return out
 

@@ -117,7 +117,7 @@ MUTANTS = [
            ("tests/test_predict.py::test_stage1_reads_exactly_what_training_feeds_the_roi_network",),
            "stage 1's input not equalised at inference though its model file says so"),
     Mutant("composite_scale_inverted", "kneel_monai/synthetic/composite.py",
-           "    scale = knee.spacing_mm / spacing_mm\n", "    scale = spacing_mm / knee.spacing_mm\n",
+           "target_px, knee.spacing_mm / spacing_mm)", "target_px, spacing_mm / knee.spacing_mm)",
            ("tests/test_composite.py",), "a real knee pasted at the wrong size"),
     Mutant("single_field_shift_forgotten", "kneel_monai/synthetic/composite.py",
            '"landmarks_px": pts - [x0 - i * fw, y0]', '"landmarks_px": pts - [x0, y0]',

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..landmarks import SIDES
+from ..similarity import apply_similarity, fit_similarity, similarity_scale
 from .generate import SyntheticRadiograph
 
 __all__ = ["RealKnee", "composite_real_knees", "read_real_knees", "single_knee_fields"]
@@ -70,15 +71,12 @@ def read_real_knees(datalist: str | os.PathLike, folds: Sequence[int] | None = N
     return out
 
 
-def _fit_rotation_translation(src: np.ndarray, dst: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation R and translation t with ``dst ≈ scale · R src + t`` (least squares, scale fixed)."""
-    a, b = src - src.mean(0), dst - dst.mean(0)
-    u, _, vt = np.linalg.svd((scale * a).T @ b)
-    rot = (u @ vt).T
-    if np.linalg.det(rot) < 0:  # a reflection would put the fibula on the wrong side
-        vt[-1] *= -1
-        rot = (u @ vt).T
-    return rot, dst.mean(0) - scale * rot @ src.mean(0)
+def _fit_at_scale(src: np.ndarray, dst: np.ndarray, scale: float) -> np.ndarray:
+    """2×3 similarity ``src → dst`` with the given ``scale``: the least-squares fit's rotation (it does not depend
+    on the scale; no reflection, which would put the fibula on the wrong side), centroid onto centroid."""
+    free = fit_similarity(src, dst)
+    linear = scale * free[:, :2] / similarity_scale(free)
+    return np.hstack([linear, (dst.mean(0) - linear @ src.mean(0))[:, None]])
 
 
 def _feather(shape: tuple[int, int], border: float) -> np.ndarray:
@@ -96,18 +94,17 @@ def _paste(film: np.ndarray, spacing_mm: float, target_px: np.ndarray, knee: Rea
     film pixels."""
     from scipy.ndimage import map_coordinates
 
-    scale = knee.spacing_mm / spacing_mm
-    rot, t = _fit_rotation_translation(knee.landmarks_px, target_px, scale)
+    to_film = _fit_at_scale(knee.landmarks_px, target_px, knee.spacing_mm / spacing_mm)
     h, w = knee.image.shape
     corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]])
-    footprint = corners @ (scale * rot).T + t
+    footprint = apply_similarity(to_film, corners)
     x0, y0 = np.maximum(np.floor(footprint.min(0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(footprint.max(0)).astype(int) + 1, (film.shape[1], film.shape[0]))
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"knee {knee.key} falls outside the film")
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-    # film pixel → crop pixel: src = Rᵀ (dst − t) / scale
-    src = (np.stack([xx.ravel(), yy.ravel()], 1) - t) @ rot / scale
+    # film pixel → crop pixel: the inverse of the linear part, after the shift
+    src = (np.stack([xx.ravel(), yy.ravel()], 1) - to_film[:, 2]) @ np.linalg.inv(to_film[:, :2]).T
     coords = [src[:, 1].reshape(xx.shape), src[:, 0].reshape(xx.shape)]
     crop = map_coordinates(knee.image, coords, order=1, mode="nearest")
     weight = map_coordinates(_feather((h, w), border), coords, order=1, mode="constant", cval=0.0)
@@ -119,7 +116,7 @@ def _paste(film: np.ndarray, spacing_mm: float, target_px: np.ndarray, knee: Rea
     mid, half = (f_lo + f_hi) / 2, contrast * (f_hi - f_lo) / 2
     mapped = mid + (crop - (c_lo + c_hi) / 2) * (2 * half / max(c_hi - c_lo, 1e-6))
     film[y0:y1, x0:x1] = np.clip((1 - weight) * region + weight * mapped, 0.0, 1.0)
-    return knee.landmarks_px @ (scale * rot).T + t
+    return apply_similarity(to_film, knee.landmarks_px)
 
 
 def composite_real_knees(sample: SyntheticRadiograph, knees: Sequence[RealKnee], rng: np.random.Generator,

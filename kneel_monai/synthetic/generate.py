@@ -434,6 +434,8 @@ def generate_dataset(
 
     # the real-knee draws have their own stream, so the synthetic films are the same with or without them
     real_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x4EA1]))
+    if real_knees:
+        from .composite import composite_real_knees, single_knee_fields
     for i in tqdm(range(n), desc="synth", unit="img", disable=not progress):
         item_seed = int(item_seeds[i])
         single = rng.random() < single_knee_fraction
@@ -444,8 +446,6 @@ def generate_dataset(
         sample = generate_radiograph(item_seed, spacing_mm=spacing_mm, size=size, knees=knees, kl=kl, crop=crop)
         layout = "bilateral" if not single else "single_knee"
         if real_knees:
-            from .composite import composite_real_knees, single_knee_fields
-
             if real_rng.random() < real_knee_fraction:
                 sample = composite_real_knees(sample, real_knees, real_rng)
             if not single and real_rng.random() < single_field_fraction:
