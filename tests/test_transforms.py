@@ -5,7 +5,15 @@ import pytest
 import torch
 from imaging import centroid, radiograph
 from monai.data import MetaTensor
-from monai.transforms import CenterSpatialCropd, Compose, Flipd, Randomizable, RandSpatialCropd, SpatialPadd
+from monai.transforms import (
+    ApplyTransformToPoints,
+    CenterSpatialCropd,
+    Compose,
+    Flipd,
+    Randomizable,
+    RandSpatialCropd,
+    SpatialPadd,
+)
 
 from kneel_monai.landmarks import FLIP_PERMUTATION
 from kneel_monai.transforms import (
@@ -18,12 +26,31 @@ from kneel_monai.transforms import (
     SplitHalvesd,
     points_between,
     points_to_mm,
+    transform_points,
 )
 
 
 def test_points_to_mm_uses_column_and_row_spacing():
     img = radiograph(spacing=(0.2, 0.15))
     np.testing.assert_allclose(points_to_mm(np.array([[10.0, 20.0]]), img.affine), [[1.5, 4.0]])
+
+
+def test_transform_points_is_monais_apply_transform_to_points():
+    # written out so that inference need not import MONAI: it must stay MONAI's product exactly
+    rng = np.random.default_rng(3)
+    points = rng.uniform(-50, 500, size=(2, 7, 2))
+    points[1, 3] = np.nan
+    for _ in range(5):
+        matrix = np.eye(3)
+        matrix[:2] = rng.normal(size=(2, 3)) * [1, 1, 40]
+        ours = transform_points(points, matrix)
+        index = torch.as_tensor(points[..., ::-1].reshape(1, -1, 2).copy())  # MONAI's points are (row, col)
+        monais = ApplyTransformToPoints(dtype=torch.float64, affine=torch.as_tensor(matrix), invert_affine=False)(index)
+        np.testing.assert_allclose(ours, np.asarray(monais).reshape(points.shape)[..., ::-1], rtol=1e-12, atol=1e-9)
+        assert np.isnan(ours[1, 3]).all() and ours.dtype == points.dtype
+    assert transform_points(torch.zeros(3, 2, dtype=torch.float32), np.eye(3)).dtype == torch.float32
+    with pytest.raises(ValueError, match="3×3"):
+        transform_points(points, np.eye(4))
 
 
 def test_stage1_chain_round_trip_and_pixels_agree():

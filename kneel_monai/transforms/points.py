@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.transforms import ApplyTransformToPoints
 
 __all__ = ["affine_of", "xy_to_index", "index_to_xy", "transform_points", "points_between", "points_to_mm"]
 
@@ -45,19 +44,21 @@ index_to_xy = xy_to_index  # the swap is its own inverse
 def transform_points(points_xy, matrix) -> np.ndarray | torch.Tensor:
     """Apply a 3×3 homogeneous ``matrix`` (acting on ``(row, col)`` indices) to ``(..., 2)`` ``(x, y)`` points.
 
-    Uses MONAI's :class:`~monai.transforms.ApplyTransformToPoints`; keeps the input's type
-    (numpy or torch) and dtype, and ``NaN`` points stay ``NaN``.
+    The homogeneous product MONAI's :class:`~monai.transforms.ApplyTransformToPoints` computes
+    (``tests/test_transforms.py`` checks the two agree), written out so that the inference path
+    need not import MONAI; keeps the input's type (numpy or torch) and dtype, and ``NaN`` points
+    stay ``NaN``.
     """
     is_numpy = isinstance(points_xy, np.ndarray)
     pts = torch.as_tensor(np.asarray(points_xy) if is_numpy else points_xy)
     if pts.shape[-1] != 2:
         raise ValueError(f"points must be (..., 2) (x, y), got shape {tuple(pts.shape)}")
     dtype = pts.dtype if pts.is_floating_point() else torch.float64
-    flat = xy_to_index(pts.to(torch.float64)).reshape(1, -1, 2)  # MONAI points: (C, N, dims)
-    moved = ApplyTransformToPoints(dtype=torch.float64, affine=torch.as_tensor(matrix, dtype=torch.float64),
-                                   invert_affine=False)(flat)
-    if hasattr(moved, "as_tensor"):  # a MetaTensor: keep only the values
-        moved = moved.as_tensor()
+    matrix = torch.as_tensor(matrix, dtype=torch.float64)
+    if matrix.shape != (3, 3):
+        raise ValueError(f"expected a 3×3 homogeneous matrix, got shape {tuple(matrix.shape)}")
+    index = xy_to_index(pts.to(torch.float64)).reshape(-1, 2)
+    moved = index @ matrix[:2, :2].T + matrix[:2, 2]
     out = index_to_xy(moved.reshape(pts.shape)).to(dtype)
     return out.numpy() if is_numpy else out
 
