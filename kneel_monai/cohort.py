@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_text, remove_stale_temporaries
-from .io import read_radiograph
+from .io import read_image
 from .io.markups import write_markups
 from .io.reading import ReadLimits
 from .landmarks import NUM_LANDMARKS
@@ -87,7 +87,7 @@ class _RadiographReader:
         t0 = time.perf_counter()
         try:
             # a CSV row's own spacing is the more specific one
-            image = read_radiograph(path, self.per_file[index] or self.spacing_mm, self.limits)
+            image = read_image(path, self.per_file[index] or self.spacing_mm, self.limits)
         except Exception as err:  # noqa: BLE001 — reported per file, the batch goes on
             return {"index": index, "error": _message(path, err)}
         return {"index": index, "image": image, "read_s": time.perf_counter() - t0}

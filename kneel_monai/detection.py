@@ -39,10 +39,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 
+from .image import image_like
 from .landmarks import KNEE_CENTRE_ID
-from .transforms.array import pixel_spacing
+from .transforms.functional import pixel_spacing
 
 __all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "partner_searched", "room_for_partner",
            "orientation_at", "distinct_knees", "off_centre_side", "SIDE_SOURCES", "KNEE_SIZE_MM", "knee_size_mm",
@@ -171,17 +171,17 @@ def size_zoom(points_mm: np.ndarray, zoom_range: tuple[float, float]) -> float:
     return float(np.clip(KNEE_SIZE_MM / size, *zoom_range))
 
 
-def zoomed(image: MetaTensor, zoom: float) -> MetaTensor:
+def zoomed(image, zoom: float):
     """The same pixels with every millimetre ``zoom`` times larger (spacing × zoom): an ROI of a
     fixed size in mm then covers ``1/zoom`` as much of the image. Pixel positions are unchanged."""
     if zoom == 1.0:
         return image
     affine = torch.as_tensor(image.affine, dtype=torch.float64).clone()
     affine[:2] *= zoom
-    return MetaTensor(image.as_tensor(), affine=affine, meta={k: v for k, v in image.meta.items() if k != "affine"})
+    return image_like(image, image.as_tensor(), affine)
 
 
-def grid_starts(image: MetaTensor, stride_mm: float) -> list[np.ndarray]:
+def grid_starts(image, stride_mm: float) -> list[np.ndarray]:
     """``(x, y)`` pixel centres of a grid with ``stride_mm`` steps covering the image (centred margins)."""
     h, w = image.shape[-2:]
     row_mm, col_mm = pixel_spacing(torch.as_tensor(image.affine, dtype=torch.float64))
@@ -194,7 +194,7 @@ def grid_starts(image: MetaTensor, stride_mm: float) -> list[np.ndarray]:
     return [np.array([x, y]) for y in axis(h, row_mm) for x in axis(w, col_mm)]
 
 
-def local_starts(image: MetaTensor, centre: np.ndarray, stride_mm: float, steps: int) -> list[np.ndarray]:
+def local_starts(image, centre: np.ndarray, stride_mm: float, steps: int) -> list[np.ndarray]:
     """``(x, y)`` pixel centres of a ``(2 * steps + 1)``² grid, ``stride_mm`` apart, around ``centre`` (itself
     first), kept inside the image."""
     h, w = image.shape[-2:]

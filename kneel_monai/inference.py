@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import CenterSpatialCrop, SpatialPad
 
 from .detection import (
     Candidate,
@@ -35,7 +34,8 @@ from .detection import (
     size_zoom,
     zoomed,
 )
-from .io import read_radiograph
+from .image import AffineImage
+from .io.reading import read_image
 from .landmarks import KNEE_CENTRE_ID, SIDES
 from .measurements import knee_measurements
 from .model_io import KneelModel, ModelFormatError, load_model
@@ -43,16 +43,14 @@ from .networks import prepare_for_inference
 from .quality import QualityThresholds, assess_knee
 from .results import KneeResult, RadiographResult
 from .shape_plausibility import shape_distance
-from .transforms import (
-    CropRoi,
-    LocalContrast,
-    PercentileNormalise,
-    ResampleToSpacing,
-    SplitHalves,
-    points_between,
-    points_to_mm,
-)
-from .transforms.array import pixel_spacing
+from .transforms import functional as KF
+from .transforms.functional import pixel_spacing
+from .transforms.points import points_between, points_to_mm
+
+if TYPE_CHECKING:  # annotations only: inference runs without importing MONAI (kneel_monai.image says why)
+    from monai.data import MetaTensor
+
+    Image = MetaTensor | AffineImage
 
 __all__ = ["KneeResult", "RadiographResult", "KneelPredictor", "heatmap_confidence", "resolve_device",
            "default_model_dirs", "resolve_model_dirs"]
@@ -139,16 +137,29 @@ class KneelPredictor:
         self._roi_nets = [prep(n) for n in self.roi.networks[used]]
         self._lm_nets = [prep(n) for n in self.landmarks.networks[used]]
         lp = self.landmarks.preprocessing
-        self._roi_crop = CropRoi(size_mm=float(lp.get("roi_size_mm", 140.0)), spacing_mm=float(lp["spacing_mm"]))
-        # the [0, 1] scaling both models were trained with, read from their model.json
-        self._normalise = PercentileNormalise.from_preprocessing(lp.get("intensity"))
-        roi_scaling = PercentileNormalise.from_preprocessing(self.roi.preprocessing.get("intensity"))
-        if (roi_scaling.lower, roi_scaling.upper) != (self._normalise.lower, self._normalise.upper):
-            raise ValueError(f"the ROI model scales intensities to percentiles {roi_scaling.spec} but the landmark "
-                             f"model to {self._normalise.spec}; one radiograph is normalised once for both stages")
-        self._roi_scaling = PercentileNormalise.for_roi(lp.get("intensity"))
-        self._local_contrast = LocalContrast.from_preprocessing(lp.get("local_contrast"))
-        self._roi_local_contrast = LocalContrast.from_preprocessing(self.roi.preprocessing.get("local_contrast"))
+        # each step as the models' model.json declare it (the functions the training chains' transforms call)
+        spacing = float(lp["spacing_mm"])
+        self._roi_crop = partial(KF.crop_roi, size_px=KF.roi_size_px(float(lp.get("roi_size_mm", 140.0)), spacing),
+                                 spacing_mm=spacing)
+        # the [0, 1] scaling both models were trained with
+        self.intensity_percentiles = KF.percentile_limits(lp.get("intensity"))
+        roi_percentiles = KF.percentile_limits(self.roi.preprocessing.get("intensity"))
+        if roi_percentiles != self.intensity_percentiles:
+            raise ValueError(f"the ROI model scales intensities to percentiles {roi_percentiles} but the landmark "
+                             f"model to {self.intensity_percentiles}; one radiograph is normalised once for both "
+                             "stages")
+        lower, upper = self.intensity_percentiles
+        self._normalise = partial(KF.percentile_normalise, lower=lower, upper=upper)
+        # each knee ROI to its own percentiles too (intensity region "roi"); a ROI may be all background
+        self._roi_scaling = (partial(KF.percentile_normalise, lower=lower, upper=upper, constant_ok=True)
+                             if (lp.get("intensity") or {}).get("region", "image") == "roi" else None)
+        self._local_contrast = self._clahe(lp.get("local_contrast"))
+        self._roi_local_contrast = self._clahe(self.roi.preprocessing.get("local_contrast"))
+
+    @staticmethod
+    def _clahe(spec: dict | None):
+        settings = KF.local_contrast_settings(spec)
+        return None if settings is None else partial(KF.local_contrast, **settings)
 
     # ---- network input and output
     @torch.inference_mode()
@@ -161,26 +172,25 @@ class KneelPredictor:
             confidences.append(heatmap_confidence(hm, c, net.soft_argmax.beta))
         return (torch.stack(coords).mean(0).double().cpu().numpy(), torch.stack(confidences).mean(0).cpu().numpy())
 
-    def _pad_crop(self, img: MetaTensor, model: KneelModel) -> MetaTensor:
+    def _pad_crop(self, img: Image, model: KneelModel) -> Image:
         pre = model.preprocessing
-        padded = SpatialPad(spatial_size=(pre["pad_size"], pre["pad_size"]))(img)
-        return CenterSpatialCrop(roi_size=(pre["crop_size"], pre["crop_size"]))(padded)
+        return KF.pad_and_centre_crop(img, int(pre["pad_size"]), int(pre["crop_size"]))
 
-    def _to_original(self, coords: np.ndarray, crop: MetaTensor, original: MetaTensor, offset: float) -> np.ndarray:
+    def _to_original(self, coords: np.ndarray, crop: Image, original: Image, offset: float) -> np.ndarray:
         h, w = crop.shape[-2:]
         px = coords * np.array([w, h]) - offset
         return points_between(px, crop.affine, original.affine)
 
     # ---- the pipeline
-    def _stage1_inputs(self, image: MetaTensor, whole: bool) -> list[MetaTensor]:
+    def _stage1_inputs(self, image: Image, whole: bool) -> list[Image]:
         """What the ROI model reads of ``image``: resampled to its spacing (equalised when its model file says),
         split into halves or ``whole``, padded and cropped."""
-        low = ResampleToSpacing(float(self.roi.preprocessing["spacing_mm"]))(image)
+        low = KF.resample_to_spacing(image, float(self.roi.preprocessing["spacing_mm"]))
         if self._roi_local_contrast is not None:  # on the whole resampled image, before halving, as in training
             low = self._roi_local_contrast(low)
-        return [self._pad_crop(part, self.roi) for part in ([low] if whole else SplitHalves()(low))]
+        return [self._pad_crop(part, self.roi) for part in ([low] if whole else KF.split_halves(low))]
 
-    def _stage1(self, image: MetaTensor, whole: bool) -> tuple[list[np.ndarray], list[float]]:
+    def _stage1(self, image: Image, whole: bool) -> tuple[list[np.ndarray], list[float]]:
         """Stage 1 on ``image`` at the ROI model's spacing, split into halves or ``whole``: each input's knee
         centre (original pixels) and its confidence."""
         inputs = self._stage1_inputs(image, whole)
@@ -188,18 +198,18 @@ class KneelPredictor:
         return ([self._to_original(coords[i], x, image, self.roi.pixel_offset)[0] for i, x in enumerate(inputs)],
                 [float(c) for c in conf[:, 0]])
 
-    def knee_centres(self, image: MetaTensor) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    def knee_centres(self, image: Image) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Stage 1: the knee-joint centre of each image half, original pixels, and its confidence."""
         centres, confidence = self._stage1(image, whole=False)
         return dict(zip(SIDES, centres)), dict(zip(SIDES, confidence))
 
-    def whole_image_centre(self, image: MetaTensor) -> np.ndarray:
+    def whole_image_centre(self, image: Image) -> np.ndarray:
         """Stage 1 on the whole image as one input, not halves: the centre of a knee alone in the field
         (original pixels). Each half of a single-knee image holds half a knee, and their centres are off it."""
         return self._stage1(image, whole=True)[0][0]
 
-    def _landmark_crops(self, image: MetaTensor, centres: dict[str, np.ndarray] | list[tuple[str, np.ndarray]]
-                        ) -> list[MetaTensor]:
+    def _landmark_crops(self, image: Image, centres: dict[str, np.ndarray] | list[tuple[str, np.ndarray]]
+                        ) -> list[Image]:
         starts = list(centres.items()) if isinstance(centres, dict) else centres
         crops = [self._roi_crop(image, c, mirror=s == "L") for s, c in starts]
         if self._roi_scaling is not None:  # each ROI to its own percentiles, then CLAHE, as in training
@@ -208,19 +218,19 @@ class KneelPredictor:
             crops = [self._local_contrast(c) for c in crops]
         return [self._pad_crop(c, self.landmarks) for c in crops]
 
-    def _stage2(self, image: MetaTensor, starts: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _stage2(self, image: Image, starts: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Stage 2 for each ``(side, centre)`` in one batch: ``[(landmarks (16, 2) original px, confidence (16,))]``."""
         crops = self._landmark_crops(image, starts)
         coords, conf = self._run(self._lm_nets, self.landmarks.network_input(crops, self.device))
         offset = self.landmarks.pixel_offset
         return [(self._to_original(coords[i], crops[i], image, offset), conf[i]) for i in range(len(starts))]
 
-    def knee_landmarks(self, image: MetaTensor, centres: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray,
+    def knee_landmarks(self, image: Image, centres: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray,
                                                                                                    np.ndarray]]:
         """Stage 2 around the given centres: ``{side: (landmarks (16, 2) original px, confidence (16,))}``."""
         return dict(zip(centres, self._stage2(image, list(centres.items()))))
 
-    def refined_landmarks(self, image: MetaTensor, starts: list[tuple[str, np.ndarray]], refine: bool | None = None
+    def refined_landmarks(self, image: Image, starts: list[tuple[str, np.ndarray]], refine: bool | None = None
                           ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Stage 2 from each ``(side, centre)``, then (``refine``, default the predictor's) again around each
         answer's landmark 4, all in batches: ``[(landmarks (16, 2) original px, confidence (16,))]``.
@@ -231,7 +241,7 @@ class KneelPredictor:
         return answers
 
     @torch.inference_mode()
-    def landmark_spread(self, image: MetaTensor, centres: dict[str, np.ndarray], samples: int) -> dict[str, np.ndarray]:
+    def landmark_spread(self, image: Image, centres: dict[str, np.ndarray], samples: int) -> dict[str, np.ndarray]:
         """MC-dropout: ``samples`` stage-2 passes with dropout on → per-landmark spread in mm ``{side: (16,)}``.
 
         The spread is the root-mean-square distance of the sampled landmarks to their mean, in the
@@ -258,16 +268,16 @@ class KneelPredictor:
         return {s: rms[i] for i, s in enumerate(centres)}
 
     # ---- detection (see kneel_monai.detection)
-    def working_image(self, norm: MetaTensor) -> MetaTensor:
+    def working_image(self, norm: Image) -> Image:
         """The normalised radiograph stage 2 reads: shrunk with anti-aliasing to the landmark model's
         spacing when its pixels are much finer (a 0.1 mm film read straight at 0.6 mm would alias its
         noise into the ROI), else as it is. Its affine is exact, so points map back to the original."""
         target = float(self.landmarks.preprocessing["spacing_mm"])
         if min(pixel_spacing(norm.affine)) < target / 1.25:
-            return ResampleToSpacing(target)(norm)
+            return KF.resample_to_spacing(norm, target)
         return norm
 
-    def _candidates(self, work: MetaTensor, starts: list[tuple[str, np.ndarray, float]], source: str,
+    def _candidates(self, work: Image, starts: list[tuple[str, np.ndarray, float]], source: str,
                     refine: bool | None = None) -> list[Candidate]:
         """Stage 2 (and refinement) from ``(orientation, centre px, zoom)`` starts, one batch per zoom."""
         out: list[Candidate | None] = [None] * len(starts)
@@ -279,7 +289,7 @@ class KneelPredictor:
                 out[i] = Candidate(side, pts, conf, shape_distance(points_to_mm(pts, work.affine), side), zoom, source)
         return out  # type: ignore[return-value]
 
-    def _believed(self, c: Candidate, work: MetaTensor) -> bool:
+    def _believed(self, c: Candidate, work: Image) -> bool:
         h, w = work.shape[-2:]
         pts = c.landmarks_px
         inside = bool((pts[:, 0] > -0.5).all() and (pts[:, 0] < w - 0.5).all() and (pts[:, 1] > -0.5).all()
@@ -287,7 +297,7 @@ class KneelPredictor:
         limit = self.scan.knee_shape_limit
         return inside and c.mean_confidence >= self.min_confidence and (limit is None or c.shape_distance <= limit)
 
-    def _resized(self, work: MetaTensor, candidates: list[Candidate]) -> list[Candidate]:
+    def _resized(self, work: Image, candidates: list[Candidate]) -> list[Candidate]:
         """Each answer re-zoomed by its own size (``scan.size_rounds`` times at most): stage 2 again at the
         zoom that shows the knee at the annotated knees' mean size, kept when its shape is as knee-like."""
         out = list(candidates)
@@ -308,11 +318,11 @@ class KneelPredictor:
                     active[i] = False
         return out
 
-    def _as_sides(self, work: MetaTensor, starts: list[tuple[str, np.ndarray, float]]) -> list[Candidate]:
+    def _as_sides(self, work: Image, starts: list[tuple[str, np.ndarray, float]]) -> list[Candidate]:
         """Stage 2 (refined, re-zoomed) from ``(side, centre, zoom)``: a knee's answer in its side's orientation."""
         return self._resized(work, self._candidates(work, starts, "side"))
 
-    def _proposals(self, norm: MetaTensor, work: MetaTensor, centres: dict[str, np.ndarray]) -> list[Candidate]:
+    def _proposals(self, norm: Image, work: Image, centres: dict[str, np.ndarray]) -> list[Candidate]:
         """From stage 1's ``centres`` of the image halves (``norm`` pixels), stage 2 at every
         ``scan.proposal_zooms``: the most knee-like answer per half, re-zoomed by its size."""
         zooms = self.scan.proposal_zooms
@@ -322,14 +332,14 @@ class KneelPredictor:
                 for i in range(len(SIDES))]
         return self._resized(work, best)
 
-    def _whole_image_proposal(self, norm: MetaTensor, work: MetaTensor) -> Candidate:
+    def _whole_image_proposal(self, norm: Image, work: Image) -> Candidate:
         """Stage 2 from the whole-image stage-1 centre in both orientations (a lone knee's side is not known
         yet) at every ``scan.proposal_zooms``: the most knee-like answer, re-zoomed by its size."""
         centre = points_between(self.whole_image_centre(norm)[None], norm.affine, work.affine)[0]
         tried = self._candidates(work, [(s, centre, z) for s in SIDES for z in self.scan.proposal_zooms], "whole")
         return self._resized(work, [min(tried, key=lambda c: (c.shape_distance, -c.mean_confidence))])[0]
 
-    def _most_knee_like(self, work: MetaTensor, starts: list[tuple[str, np.ndarray, float]], source: str,
+    def _most_knee_like(self, work: Image, starts: list[tuple[str, np.ndarray, float]], source: str,
                         keep: int | None = None) -> list[Candidate]:
         """Stage 2 (unrefined) from every start; the ``keep`` (default ``scan.keep``) most knee-like answers at
         distinct places (per orientation) re-centred — kept only where that does not worsen the shape — and
@@ -348,7 +358,7 @@ class KneelPredictor:
         again = self._candidates(work, [(c.orientation, c.centre, c.zoom) for c in best], source, refine=False)
         return self._resized(work, [r if r.shape_distance <= c.shape_distance else c for c, r in zip(best, again)])
 
-    def _scan(self, work: MetaTensor) -> tuple[list[Candidate], int]:
+    def _scan(self, work: Image) -> tuple[list[Candidate], int]:
         """Stage 2 from a grid at every ``scan.zooms`` (orientation by image half). Returns the most
         knee-like answers (see :meth:`_most_knee_like`) and how many starts were tried."""
         w = work.shape[-1]
@@ -356,7 +366,7 @@ class KneelPredictor:
                   for c in grid_starts(zoomed(work, zoom), self.scan.stride_mm)]
         return self._most_knee_like(work, starts, "scan"), len(starts)
 
-    def _local(self, work: MetaTensor, proposals: list[Candidate]) -> tuple[list[Candidate], int]:
+    def _local(self, work: Image, proposals: list[Candidate]) -> tuple[list[Candidate], int]:
         """Stage 2 on a small grid around each proposal, at its zoom and orientation (``scan.local_*``):
         the two most knee-like answers re-centred and re-zoomed (see :meth:`_most_knee_like`); refining six, as
         the scan does, found no more on the development films and cost about 0.4 s more a film."""
@@ -365,7 +375,7 @@ class KneelPredictor:
                                          self.scan.local_steps)]
         return (self._most_knee_like(work, starts, "local", keep=len(SIDES)) if starts else []), len(starts)
 
-    def _partner(self, work: MetaTensor, knee: Candidate, side: str) -> tuple[list[Candidate], int]:
+    def _partner(self, work: Image, knee: Candidate, side: str) -> tuple[list[Candidate], int]:
         """The other knee of a bilateral film whose ``side`` knee was found: stage 2 on a finer grid over
         the other half, within 80 mm of the found knee's height, at the found knee's zoom (both knees of
         a film share its scale)."""
@@ -377,7 +387,7 @@ class KneelPredictor:
                   if orientation_at(c[0], w) == other and abs(c[1] - knee.centre[1]) * mm <= 80.0]
         return (self._most_knee_like(work, starts, "partner") if starts else []), len(starts)
 
-    def detect_knees(self, norm: MetaTensor, work: MetaTensor | None = None, single_knee_side: str | None = None
+    def detect_knees(self, norm: Image, work: Image | None = None, single_knee_side: str | None = None
                      ) -> tuple[dict[str, Candidate], dict[str, str], dict[str, Any]]:
         """The knees of a normalised radiograph: ``({side: Candidate}, {side: side_source}, detection info)``.
         Points are pixels of ``work`` (``working_image(norm)`` by default)."""
@@ -438,7 +448,7 @@ class KneelPredictor:
             knees[s] = again
         return knees, sources, info
 
-    def _single_knee_side(self, work: MetaTensor, knee: Candidate, laterality: Any, user_side: str | None
+    def _single_knee_side(self, work: Image, knee: Candidate, laterality: Any, user_side: str | None
                           ) -> tuple[str, str, Candidate]:
         """``(side, side_source, answer in that side's orientation)`` for the only knee of an image.
         Stage 2 runs in both orientations only when the anatomy has to decide."""
@@ -462,16 +472,19 @@ class KneelPredictor:
             return user_side, "user", by_side[user_side]
         return anatomy, "anatomy_uncertain", by_side[anatomy]
 
-    def predict_image(self, image: MetaTensor, path: str = "", single_knee_side: str | None = None) -> RadiographResult:
-        """The knees of a radiograph already read (``read_radiograph``).
+    def predict_image(self, image: Image, path: str = "", single_knee_side: str | None = None) -> RadiographResult:
+        """The knees of a radiograph already read (``read_radiograph``'s ``MetaTensor``, or ``read_image``'s
+        :class:`~kneel_monai.image.AffineImage`: the same answer).
 
         ``single_knee_side`` (``"R"``/``"L"``): the side of a lone knee when neither its DICOM
         laterality nor its anatomy decides (see :mod:`kneel_monai.detection`); default the predictor's.
         """
         single_knee_side = _checked_side(single_knee_side or self.single_knee_side)
         t0 = time.perf_counter()
-        if float(image.max()) == float(image.min()):  # nothing to see, not a broken file: report why
-            reason = f"blank image (every pixel is {float(image.min()):g}): no knee"
+        image = AffineImage.of(image)  # one kind inside, whichever came in
+        pixels = image.as_tensor()
+        if float(pixels.max()) == float(pixels.min()):  # nothing to see, not a broken file: report why
+            reason = f"blank image (every pixel is {float(pixels.min()):g}): no knee"
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
                            {"verdict": "no_ap_knee", "knees": 0, "reason": reason},
                            {**_nothing_searched(), "best_shape_distance": None, "stage1_px": None})
@@ -535,7 +548,7 @@ class KneelPredictor:
     def predict_file(self, path: str | os.PathLike, spacing_mm: float | tuple[float, float] | None = None,
                      single_knee_side: str | None = None) -> RadiographResult:
         t0 = time.perf_counter()
-        image = read_radiograph(path, spacing_mm)
+        image = read_image(path, spacing_mm)
         read_s = time.perf_counter() - t0
         result = self.predict_image(image, str(path), single_knee_side)
         result.timings_s = {"read": read_s, **result.timings_s}
@@ -547,7 +560,7 @@ def _nothing_searched() -> dict[str, Any]:
     return {"scanned": False, "whole_image": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0}
 
 
-def _result(image: MetaTensor, path: str, knees: dict[str, KneeResult], view: dict[str, Any],
+def _result(image: Image, path: str, knees: dict[str, KneeResult], view: dict[str, Any],
             detection: dict[str, Any], timings_s: dict[str, float] | None = None) -> RadiographResult:
     """A radiograph's result: its knees, with the image's path, size and spacing from its metadata."""
     meta = image.meta

@@ -112,7 +112,7 @@ def test_the_predictor_normalises_as_the_model_files_say(tmp_path):
         config["preprocessing"]["intensity"] = {"kind": "percentile", "lower": 1, "upper": 99.5}
         (folder / "model.json").write_text(json.dumps(config))
     predictor = KneelPredictor(roi, landmarks, device="cpu")
-    assert (predictor._normalise.lower, predictor._normalise.upper) == (0.01, 0.995)
+    assert predictor.intensity_percentiles == (1.0, 99.5)
     config["preprocessing"]["intensity"]["lower"] = 2  # the landmark model alone differs now
     (landmarks / "model.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="normalised once for both stages"):

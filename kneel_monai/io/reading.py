@@ -2,7 +2,9 @@
 
 What comes out (the project's convention, see ``docs/reading.md``):
 
-* a :class:`monai.data.MetaTensor` of shape ``(1, H, W)`` (rows then columns), float32,
+* a :class:`monai.data.MetaTensor` of shape ``(1, H, W)`` (rows then columns), float32
+  (:func:`read_radiograph`; :func:`read_image` gives the same pixels, affine and metadata as an
+  :class:`~kneel_monai.image.AffineImage` without importing MONAI, for ``kneel predict``),
   in *display* intensities: higher = brighter bone. ``MONOCHROME1`` images are inverted so
   that every result looks like ``MONOCHROME2``.
 * ``affine`` (float64, 3×3) maps the homogeneous pixel index ``(row, col, 1)`` to image-plane
@@ -24,27 +26,22 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+
+from ..image import AffineImage
 
 __all__ = [
     "SPACING_SOURCES",
     "RadiographReadError",
     "read_radiograph",
+    "read_image",
     "describe_radiograph",
     "ReadLimits",
-    "LoadRadiograph",
-    "LoadRadiographd",
-    "LoadRadiographD",
-    "LoadRadiographDict",
 ]
 
 #: a spacing argument: one number (square pixels) or ``(row, col)`` in mm, or ``None``
@@ -537,7 +534,7 @@ def _native_pixel_bytes(path: Path, ds, header: dict[str, Any]) -> None:
 
 
 def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None,
-                limits: ReadLimits | None = None) -> MetaTensor:
+                limits: ReadLimits | None = None) -> AffineImage:
     limits = limits or ReadLimits()
     _check_inflated_size(path, limits)
     ds = _read_dicom_dataset(path, force)
@@ -808,7 +805,7 @@ def _regular_data_files(path: Path) -> None:
                                             "not read")
 
 
-def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLimits | None = None) -> MetaTensor:
+def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLimits | None = None) -> AffineImage:
     import SimpleITK as sitk
 
     _regular_data_files(path)
@@ -863,7 +860,7 @@ def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLi
 
 def _finish(
     path: Path, values: np.ndarray, spacing: tuple[float, float], source: str, extra: dict
-) -> MetaTensor:
+) -> AffineImage:
     if values.size == 0:
         raise RadiographReadError(path, f"zero-size image (shape {values.shape})")
     if not np.all(np.isfinite(values)):
@@ -886,11 +883,10 @@ def _finish(
         "original_affine": affine.clone(),
     }
     tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)[None])
-    return MetaTensor(tensor, affine=affine, meta=meta)
+    return AffineImage(tensor, affine, meta)
 
 
-def read_radiograph(path: str | os.PathLike, spacing_mm: SpacingLike = None, limits: ReadLimits | None = None
-                    ) -> MetaTensor:
+def read_radiograph(path: str | os.PathLike, spacing_mm: SpacingLike = None, limits: ReadLimits | None = None):
     """Read one radiograph into a ``(1, H, W)`` float32 ``MetaTensor`` with its spacing.
 
     Args:
@@ -914,6 +910,13 @@ def read_radiograph(path: str | os.PathLike, spacing_mm: SpacingLike = None, lim
         RadiographReadError: the message starts with the path and names the problem.
         ValueError: ``spacing_mm`` is not a positive number or pair.
     """
+    return read_image(path, spacing_mm, limits).to_metatensor()
+
+
+def read_image(path: str | os.PathLike, spacing_mm: SpacingLike = None, limits: ReadLimits | None = None
+               ) -> AffineImage:
+    """:func:`read_radiograph` without MONAI: the same pixels, affine and metadata as an
+    :class:`~kneel_monai.image.AffineImage` (what ``kneel predict`` reads with; see :mod:`kneel_monai.image`)."""
     spacing = _as_spacing(spacing_mm)
     path = Path(os.fspath(path))
     _check_file(path)
@@ -958,54 +961,3 @@ def describe_radiograph(path: str | os.PathLike) -> dict[str, Any]:
     info.pop("spacing_notes", None)
     info["file_size_bytes"] = path.stat().st_size
     return info
-
-
-# --------------------------------------------------------------------------------------
-# MONAI transforms
-
-
-class LoadRadiograph(Transform):
-    """Array transform: a path → :func:`read_radiograph`'s ``MetaTensor``.
-
-    Args:
-        spacing_mm: default spacing (number or ``(row, col)`` mm); it overrides the file's,
-            see :func:`read_radiograph`. A per-call ``spacing_mm`` overrides it.
-    """
-
-    def __init__(self, spacing_mm: SpacingLike = None) -> None:
-        self.spacing_mm = _as_spacing(spacing_mm)
-
-    def __call__(self, filename: str | os.PathLike, spacing_mm: SpacingLike = None) -> MetaTensor:
-        spacing = _as_spacing(spacing_mm) if spacing_mm is not None else self.spacing_mm
-        return read_radiograph(filename, spacing)
-
-
-class LoadRadiographd(MapTransform):
-    """Dictionary transform: replaces the path under each key with the radiograph.
-
-    Args:
-        keys: keys of the paths to load.
-        spacing_key: optional key of a per-item spacing (number or ``(row, col)`` mm, or
-            ``None``); when the item has it, it overrides the file's spacing for every key.
-        allow_missing_keys: don't raise if a key is absent.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        spacing_key: Hashable | None = None,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.spacing_key = spacing_key
-        self._loader = LoadRadiograph()
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        spacing = d.get(self.spacing_key) if self.spacing_key is not None else None
-        for key in self.key_iterator(d):
-            d[key] = self._loader(d[key], spacing_mm=spacing)
-        return d
-
-
-LoadRadiographD = LoadRadiographDict = LoadRadiographd

@@ -1,49 +1,19 @@
 """Landmark-aware transforms: the image moves, its landmarks follow through the affine.
 
-See :mod:`kneel_monai.transforms.points` for the conventions.
+See :mod:`kneel_monai.transforms.points` for the conventions. Names load on first use
+(:mod:`kneel_monai.lazy`): the inference path's :mod:`.functional` and :mod:`.points` come without
+MONAI; the transform classes (MONAI ``Transform``/``MapTransform``) import it when first named.
 """
 
-from .array import CropRoi, ResampleToSpacing, SplitHalves, roi_size_px
-from .augment import RandCutoutd, RandKneelIntensityd, RandLandmarkWarpd, RandTargetJitterd, warp_image
-from .dictionary import (
-    CropRoid,
-    FollowAffined,
-    RandFlipLandmarksd,
-    RecordAffined,
-    ResampleToSpacingd,
-    SplitHalvesd,
-)
-from .intensity import INTENSITY_REGIONS, LocalContrast, LocalContrastd, PercentileNormalise, PercentileNormalised
-from .mixup import MixupBatch, mixup_loss
-from .points import affine_of, index_to_xy, points_between, points_to_mm, transform_points, xy_to_index
+from ..lazy import lazy_exports
 
-__all__ = [
-    "INTENSITY_REGIONS",
-    "CropRoi",
-    "LocalContrast",
-    "LocalContrastd",
-    "PercentileNormalise",
-    "PercentileNormalised",
-    "RandCutoutd",
-    "RandKneelIntensityd",
-    "RandLandmarkWarpd",
-    "RandTargetJitterd",
-    "warp_image",
-    "MixupBatch",
-    "mixup_loss",
-    "ResampleToSpacing",
-    "SplitHalves",
-    "roi_size_px",
-    "CropRoid",
-    "FollowAffined",
-    "RecordAffined",
-    "RandFlipLandmarksd",
-    "ResampleToSpacingd",
-    "SplitHalvesd",
-    "affine_of",
-    "index_to_xy",
-    "points_between",
-    "points_to_mm",
-    "transform_points",
-    "xy_to_index",
-]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "array": ["CropRoi", "ResampleToSpacing", "SplitHalves", "roi_size_px"],
+    "augment": ["RandCutoutd", "RandKneelIntensityd", "RandLandmarkWarpd", "RandTargetJitterd", "warp_image"],
+    "dictionary": ["CropRoid", "FollowAffined", "RandFlipLandmarksd", "RecordAffined", "ResampleToSpacingd",
+                   "SplitHalvesd"],
+    "intensity": ["INTENSITY_REGIONS", "LocalContrast", "LocalContrastd", "PercentileNormalise",
+                  "PercentileNormalised"],
+    "mixup": ["MixupBatch", "mixup_loss"],
+    "points": ["affine_of", "index_to_xy", "points_between", "points_to_mm", "transform_points", "xy_to_index"],
+}, globals())
