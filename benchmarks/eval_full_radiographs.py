@@ -14,6 +14,12 @@ about 39 cm wide, a single-knee field about 27 cm tall), DICOMs their own. Write
 * with ``--synthetic``, the pipeline benchmark on held-out synthetic radiographs (PCK@2.5 mm,
   missed and false-positive knees), so a change for real films is seen not to cost the synthetic ones.
 
+Films a user loads differ from these in ways that can be simulated without tuning to them (the
+knees' positions, side and view stay what they are): ``--downscale F`` reads each film as an export
+``F`` times smaller (resampled with anti-aliasing to ``F`` times the spacing), ``--jpeg-quality Q``
+re-compresses it as a JPEG of quality ``Q`` first, ``--spacing-error E`` multiplies every guessed
+spacing by ``E`` (a user who guessed the field ``E`` times too large).
+
     python benchmarks/eval_full_radiographs.py --images <folder with views.csv> \\
         --synthetic out/heldout --sheet docs/images/real_full_contact_sheet.png
 """
@@ -61,6 +67,22 @@ def stage1_offsets_mm(result: dict, width: int) -> dict[str, float]:
     return out
 
 
+def recompressed(path: Path, spacing: float | None, folder: Path, quality: int) -> tuple[Path, float]:
+    """The film re-encoded as an 8-bit grey JPEG of ``quality`` (a DICOM's display range scaled to 8 bits),
+    and the spacing it had (the guess, or a DICOM's own)."""
+    from PIL import Image
+
+    from kneel_monai.io import read_radiograph
+
+    image = read_radiograph(path, spacing)
+    pixels = image.numpy()[0]
+    lo, hi = np.percentile(pixels, [0.1, 99.9])
+    grey = (np.clip((pixels - lo) / max(hi - lo, 1e-6), 0, 1) * 255).round().astype(np.uint8)
+    out = folder / f"{path.stem}_q{quality}.jpg"
+    Image.fromarray(grey).save(out, quality=quality)
+    return out, float(np.mean(image.meta["pixel_spacing_mm"]))
+
+
 def knee_text(knee: dict) -> str:
     if not knee["present"]:
         return "—"
@@ -91,6 +113,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="model folder (default: the shipped models)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "full_radiographs")
     parser.add_argument("--sheet", type=Path, help="contact sheet PNG (default: <out>/contact_sheet.png)")
+    parser.add_argument("--downscale", type=float, default=1.0, help="read each film F times smaller")
+    parser.add_argument("--jpeg-quality", type=int, help="re-compress each film as a JPEG of this quality first")
+    parser.add_argument("--spacing-error", type=float, default=1.0, help="multiply each guessed spacing by E")
     ns = parser.parse_args()
 
     import torch
@@ -98,6 +123,7 @@ def main() -> None:
 
     from kneel_monai.inference import KneelPredictor, resolve_model_dirs
     from kneel_monai.io import read_radiograph
+    from kneel_monai.transforms.functional import pixel_spacing, resample_to_spacing
     from kneel_monai.visualize import draw_landmarks_overlay
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -111,7 +137,12 @@ def main() -> None:
         path = ns.images / name
         t0 = time.perf_counter()
         try:
-            image = read_radiograph(path, guessed_spacing(path, view))
+            guess = guessed_spacing(path, view)
+            if ns.jpeg_quality is not None:
+                path, guess = recompressed(path, guess, tmp, ns.jpeg_quality)
+            image = read_radiograph(path, None if guess is None else guess * ns.spacing_error)
+            if ns.downscale != 1.0:  # a smaller export of the same field: same knees, coarser pixels
+                image = resample_to_spacing(image, max(pixel_spacing(image.affine)) * ns.downscale)
             result = predictor.predict_image(image, str(path)).to_dict()
         except (ValueError, OSError) as err:  # a bad file is a row with its reason, the run goes on
             rows.append({"file": name, "view": view, "error": str(err)})
@@ -124,7 +155,12 @@ def main() -> None:
                      "sides": {s: knees[s]["side_source"] for s in present},
                      "ok": sum(knees[s]["quality"] == "ok" for s in present), "verdict": result["view"]["verdict"],
                      "detection": result["detection"], "seconds": round(seconds, 2),
-                     "knees": {s: knee_text(k) for s, k in knees.items()}, "stage1_offset_mm": offsets})
+                     "knees": {s: knee_text(k) for s, k in knees.items()}, "stage1_offset_mm": offsets,
+                     "found": {s: {"quality": knees[s]["quality"], "shape_distance": knees[s].get("shape_distance"),
+                                   "roi_zoom": knees[s].get("roi_zoom"), "side_source": knees[s]["side_source"]}
+                               for s in present},
+                     "settings": {"downscale": ns.downscale, "jpeg_quality": ns.jpeg_quality,
+                                  "spacing_error": ns.spacing_error}})
         tile = tmp / f"{name}.png"
         caption = f"{name} [{view}] " + " ".join(f"{s}:{knees[s]['quality']}/{knees[s]['side_source']}"
                                                    for s in present) if present else f"{name} [{view}] no AP knee"
