@@ -160,7 +160,8 @@ def main() -> None:
                                    "roi_zoom": knees[s].get("roi_zoom"), "side_source": knees[s]["side_source"]}
                                for s in present},
                      "settings": {"downscale": ns.downscale, "jpeg_quality": ns.jpeg_quality,
-                                  "spacing_error": ns.spacing_error}})
+                                  "spacing_error": ns.spacing_error},
+                     "shape": list(image.shape[-2:]), "pixel_spacing_mm": result["pixel_spacing_mm"]})
         tile = tmp / f"{name}.png"
         caption = f"{name} [{view}] " + " ".join(f"{s}:{knees[s]['quality']}/{knees[s]['side_source']}"
                                                    for s in present) if present else f"{name} [{view}] no AP knee"

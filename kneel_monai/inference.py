@@ -562,11 +562,12 @@ def _nothing_searched() -> dict[str, Any]:
 
 def _result(image: Image, path: str, knees: dict[str, KneeResult], view: dict[str, Any],
             detection: dict[str, Any], timings_s: dict[str, float] | None = None) -> RadiographResult:
-    """A radiograph's result: its knees, with the image's path, size and spacing from its metadata."""
+    """A radiograph's result: its knees, with the image's path, size and spacing — the spacing of the pixels the
+    landmarks are in, from the affine (the reader's ``meta["pixel_spacing_mm"]`` no longer holds once the image was
+    resampled before prediction)."""
     meta = image.meta
     h, w = image.shape[-2:]
-    spacing = tuple(float(v) for v in meta.get("pixel_spacing_mm", (float(image.affine[0, 0]),
-                                                                     float(image.affine[1, 1]))))
+    spacing = pixel_spacing(image.affine)
     return RadiographResult(path=path or str(meta.get("filename_or_obj", "")), image_size=(int(h), int(w)),
                             pixel_spacing_mm=spacing, spacing_source=str(meta.get("spacing_source", "")), knees=knees,
                             view=view, detection=detection, timings_s=dict(timings_s or {}))

@@ -116,3 +116,19 @@ def test_a_metatensor_and_an_affine_image_give_the_same_prediction():
         assert full.knees[side].present and lean.knees[side].present
         np.testing.assert_array_equal(full.knees[side].landmarks_px, lean.knees[side].landmarks_px)
         np.testing.assert_array_equal(full.knees[side].confidence, lean.knees[side].confidence)
+
+
+def test_the_result_gives_the_spacing_of_the_pixels_its_landmarks_are_in():
+    """An image resampled before prediction keeps the reader's metadata; the result's spacing is its affine's, so
+    pixels × spacing are the same millimetres as at full size."""
+    predictor = KneelPredictor(*default_model_dirs(), device="cpu")
+    image = read_image(SAMPLE)
+    coarse = KF.resample_to_spacing(image, 0.4)
+    assert coarse.meta["pixel_spacing_mm"] == image.meta["pixel_spacing_mm"]  # stale, by design of the meta
+    full, half = predictor.predict_image(image), predictor.predict_image(coarse)
+    assert half.pixel_spacing_mm == pytest.approx(KF.pixel_spacing(coarse.affine))
+    assert half.image_size == tuple(coarse.shape[-2:])
+    for side in ("R", "L"):
+        a, b = full.knees[side], half.knees[side]
+        assert a.present and b.present
+        assert np.median(np.linalg.norm(np.asarray(a.landmarks_mm) - np.asarray(b.landmarks_mm), axis=1)) < 1.0
