@@ -128,7 +128,7 @@ def _cmd_info(ns: argparse.Namespace) -> int:
 def _cmd_predict(ns: argparse.Namespace) -> int:
     from .cohort import FORMATS, OutputsNotWritten, plan_run, predict_paths
     from .inference import KneelPredictor, resolve_model_dirs
-    from .io.reading import ReadLimits
+    from .io.reading import FieldSize, ReadLimits
 
     # every usage error before a model is loaded or a file read
     formats = [f.strip() for f in ns.format.split(",") if f.strip()]
@@ -142,6 +142,15 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
             raise CommandError(f"--spacing: give one or two positive numbers in mm (row col), got "
                                f"{' '.join(str(v) for v in ns.spacing)}")
         spacing = ns.spacing[0] if len(ns.spacing) == 1 else tuple(ns.spacing)
+    field = None
+    if ns.field_width_mm is not None or ns.field_height_mm is not None:
+        if spacing is not None:
+            raise CommandError("--spacing gives every file one spacing; --field-width-mm/--field-height-mm give "
+                               "each file without one its own: use one of them")
+        try:
+            field = FieldSize(ns.field_width_mm, ns.field_height_mm)
+        except ValueError as err:
+            raise CommandError(f"--field-width-mm/--field-height-mm: {err}") from None
     if not (math.isfinite(ns.min_confidence) and 0 <= ns.min_confidence <= 1):
         raise CommandError(f"--min-confidence: a number from 0 to 1, got {ns.min_confidence}")
     if ns.workers is not None and ns.workers < 0:
@@ -165,7 +174,7 @@ def _cmd_predict(ns: argparse.Namespace) -> int:
     try:
         summary = predict_paths(predictor, ns.inputs, ns.out, formats=formats, spacing_mm=spacing,
                                 progress=not ns.no_progress, overwrite=ns.overwrite, workers=workers, limits=limits,
-                                plan=plan)
+                                plan=plan, field=field)
     except KeyboardInterrupt as err:
         print(f"\nkneel predict: {err or 'interrupted'}; every output written is complete", file=sys.stderr)
         return 130
@@ -260,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated outputs among json,csv,png,mrk (default all; the JSON is always written)")
     pred.add_argument("--spacing", type=float, nargs="+", metavar="MM",
                       help="pixel spacing (one value, or row col) for files without one, e.g. PNG; overrides files'")
+    pred.add_argument("--field-width-mm", type=float, metavar="MM",
+                      help="for files without a spacing (JPEG/PNG exports of any size): the imaged field's width, "
+                           "e.g. 390 for a bilateral knee film; each file's spacing is this over its own width")
+    pred.add_argument("--field-height-mm", type=float, metavar="MM",
+                      help="the same from the field's height, e.g. 270 for a single-knee film")
     pred.add_argument("--min-confidence", type=float, default=0.25,
                       help="a knee whose mean landmark confidence is below this is reported absent (default 0.25)")
     pred.add_argument("--single-knee-side", choices=SIDES,

@@ -37,7 +37,7 @@ import torch
 from .atomic import atomic_write_text, remove_stale_temporaries
 from .io import read_image
 from .io.markups import write_markups
-from .io.reading import ReadLimits
+from .io.reading import FieldSize, ReadLimits
 from .landmarks import NUM_LANDMARKS
 from .measurements import MEASUREMENTS
 from .run_plan import (
@@ -75,8 +75,8 @@ class _RadiographReader:
     """Reads one radiograph per item; a failure is returned as a message, never raised."""
 
     def __init__(self, files: Sequence[Path], spacing_mm: Any, per_file: Sequence[Any] | None = None,
-                 limits: ReadLimits | None = None) -> None:
-        self.files, self.spacing_mm, self.limits = list(files), spacing_mm, limits
+                 limits: ReadLimits | None = None, field: FieldSize | None = None) -> None:
+        self.files, self.spacing_mm, self.limits, self.field = list(files), spacing_mm, limits, field
         self.per_file = list(per_file) if per_file is not None else [None] * len(self.files)
 
     def __len__(self) -> int:
@@ -86,8 +86,12 @@ class _RadiographReader:
         path = self.files[index]
         t0 = time.perf_counter()
         try:
-            # a CSV row's own spacing is the more specific one
-            image = read_image(path, self.per_file[index] or self.spacing_mm, self.limits)
+            # a CSV row's own spacing is the more specific one; the field size only serves files without one
+            spacing = self.per_file[index] or self.spacing_mm
+            from_field = self.field.spacing_of(path) if spacing is None and self.field is not None else None
+            image = read_image(path, from_field[0] if from_field else spacing, self.limits)
+            if from_field:
+                image.meta["spacing_source"] = from_field[1]
         except Exception as err:  # noqa: BLE001 — reported per file, the batch goes on
             return {"index": index, "error": _message(path, err)}
         return {"index": index, "image": image, "read_s": time.perf_counter() - t0}
@@ -222,7 +226,8 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
                   formats: Sequence[str] = FORMATS, spacing_mm: float | tuple[float, float] | None = None,
                   progress: bool = True, overwrite: bool = False, workers: int = 0,
                   limits: ReadLimits | None = None,
-                  plan: tuple[list[PlannedInput], list[str]] | None = None) -> dict[str, Any]:
+                  plan: tuple[list[PlannedInput], list[str]] | None = None,
+                  field: FieldSize | None = None) -> dict[str, Any]:
     """Predict every radiograph in ``inputs`` and write ``formats`` into ``out_dir``.
 
     Args:
@@ -234,6 +239,9 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
             when given it overrides every file's own spacing. A CSV list may give each row its own
             (a ``spacing_mm``/``spacing``/``pixel_spacing_mm`` column: one number in mm, or
             ``"row col"``), which wins over this one; a row with a bad value fails with its reason.
+        field: the imaged field's width or height (:class:`~kneel_monai.io.reading.FieldSize`): each file
+            without a spacing of its own (and without one from ``spacing_mm`` or its CSV row) gets the field
+            over its own pixels, recorded as ``spacing_source`` ``field_width``/``field_height``.
         progress: a progress bar with ETA.
         overwrite: predict again radiographs whose outputs exist (default: skip them).
         workers: processes reading radiographs ahead of the networks (0: read in this process);
@@ -275,7 +283,8 @@ def predict_paths(predictor: Any, inputs: str | os.PathLike | Sequence[str | os.
 
     totals: dict[str, float] = {}
     started = time.perf_counter()
-    loader = ReadAhead(_RadiographReader([p for p, _, _ in pending], spacing_mm, row_spacings, limits), workers)
+    loader = ReadAhead(_RadiographReader([p for p, _, _ in pending], spacing_mm, row_spacings, limits, field),
+                       workers)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -397,3 +397,41 @@ def test_cli_spacing_and_ensemble_options(tmp_path):
                                    ["landmarks_px"])
     np.testing.assert_allclose(answers["first"], answers["shipped"], atol=1e-6)  # fold 0 alone: the shipped model
     assert np.abs(answers["ensemble"] - answers["first"]).max() > 0.05  # the second fold moved the average
+
+
+def test_field_size_gives_each_export_its_own_spacing(tmp_path, capsys):
+    """A folder of JPEG/PNG exports of different sizes: ``--field-width-mm`` gives each its own spacing (the field
+    over its own width), so the same film exported at full and half size gives the same knees in mm; a file with a
+    spacing of its own keeps it; contradicting or impossible options are refused."""
+    from pathlib import Path
+
+    from kneel_monai.io import read_image
+
+    sample = Path(__file__).resolve().parents[1] / "samples" / "synthetic_bilateral_knee.dcm"
+    image = read_image(sample)
+    pixels = image.numpy()[0]
+    grey = ((pixels - pixels.min()) / (pixels.max() - pixels.min()) * 255).round().astype(np.uint8)
+    films = tmp_path / "films"
+    films.mkdir()
+    full = Image.fromarray(grey)
+    full.save(films / "full.png")
+    full.resize((full.width // 2, full.height // 2), Image.LANCZOS).save(films / "half.png")
+    shutil.copy(sample, films / "own.dcm")
+    width_mm = image.meta["pixel_spacing_mm"][1] * full.width
+    assert main(["predict", str(films), "--out", str(tmp_path / "o"), "--field-width-mm", str(width_mm),
+                 "--format", "json,csv", "--no-progress", "--workers", "0"]) == 0
+    out = {name: json.loads((tmp_path / "o" / f"{name}.json").read_text()) for name in ("full", "half", "own")}
+    assert out["full"]["spacing_source"] == out["half"]["spacing_source"] == "field_width"
+    assert out["own"]["spacing_source"] == image.meta["spacing_source"]
+    np.testing.assert_allclose(out["full"]["pixel_spacing_mm"], image.meta["pixel_spacing_mm"], rtol=1e-6)
+    np.testing.assert_allclose(out["half"]["pixel_spacing_mm"], width_mm / (full.width // 2), rtol=1e-6)
+    for side in ("R", "L"):
+        a, b = (np.asarray(out[n]["knees"][side]["landmarks_mm"]) for n in ("full", "half"))
+        assert np.median(np.linalg.norm(a - b, axis=1)) < 1.5  # the same knee in the same millimetres
+    with open(tmp_path / "o" / "cohort.csv", newline="") as f:
+        assert {r["spacing_source"] for r in csv.DictReader(f) if r["file"].endswith(".png")} == {"field_width"}
+    capsys.readouterr()
+    for bad in (["--field-width-mm", "390", "--spacing", "0.2"], ["--field-width-mm", "0"],
+                ["--field-width-mm", "390", "--field-height-mm", "270"]):
+        assert main(["predict", str(films), "--out", str(tmp_path / "x"), *bad]) == 2
+        assert "--field-width-mm" in capsys.readouterr().err

@@ -42,6 +42,7 @@ __all__ = [
     "read_image",
     "describe_radiograph",
     "ReadLimits",
+    "FieldSize",
 ]
 
 #: a spacing argument: one number (square pixels) or ``(row, col)`` in mm, or ``None``
@@ -86,8 +87,40 @@ class ReadLimits:
                                             f"(limit {self.max_field_mm:g} mm): is the spacing right?")
 
 
-#: where ``meta["spacing_source"]`` says the spacing came from
-SPACING_SOURCES = ("ImagerPixelSpacing", "PixelSpacing", "user", "header")
+#: where ``meta["spacing_source"]`` says the spacing came from (``field_*``: :class:`FieldSize`)
+SPACING_SOURCES = ("ImagerPixelSpacing", "PixelSpacing", "user", "header", "field_width", "field_height")
+
+
+@dataclass(frozen=True)
+class FieldSize:
+    """The width or the height of the imaged field, in mm, for files that carry no pixel spacing.
+
+    JPEG/PNG exports have none, and one ``spacing_mm`` for a folder of exports of different sizes is
+    wrong for most of them; the field a user knows (a bilateral knee film is about 35–43 cm wide, a
+    single-knee one 24–30 cm tall) gives each file its own: the field over that file's own pixels
+    (square pixels). Files with a spacing of their own keep it. A guess 10 % off changes which
+    marginal knees are found (docs/real_knees.md, robustness), so give the best one known.
+    """
+
+    width_mm: float | None = None
+    height_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        given = [v for v in (self.width_mm, self.height_mm) if v is not None]
+        if len(given) != 1 or not (math.isfinite(given[0]) and 10.0 <= given[0] <= 2000.0):
+            raise ValueError("give the field's width or its height (one of them), in mm between 10 and 2000; got "
+                             f"width {self.width_mm}, height {self.height_mm}")
+
+    def spacing_of(self, path: str | os.PathLike) -> tuple[float, str] | None:
+        """``(spacing mm, spacing source)`` for a file without a spacing of its own, from its header (nothing
+        is decoded); ``None`` when the file has one."""
+        info = describe_radiograph(path)
+        if info["pixel_spacing_mm"] is not None:
+            return None
+        rows, cols = info["shape"]
+        if self.width_mm is not None:
+            return self.width_mm / cols, "field_width"
+        return self.height_mm / rows, "field_height"  # type: ignore[operator]
 
 #: DICOM spacing attributes, in the order they are tried (the original release's order)
 DICOM_SPACING_TAGS = ("ImagerPixelSpacing", "PixelSpacing")
