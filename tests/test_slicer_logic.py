@@ -302,6 +302,38 @@ def test_spacing_trap_dicom_read_by_slicer_with_1mm_pixels_is_corrected(tmp_path
         assert abs(column.GetValue(2) - knee_measurements(truth_mm)["tibial_plateau_width_mm"]) < 5
 
 
+def test_a_jpeg_export_loaded_with_1mm_pixels_gets_its_spacing_from_the_field_width(tmp_path):
+    """A JPEG/PNG export (no spacing: Slicer loads it with 1 mm pixels and no DICOM file behind it): with the
+    field's width the spacing is the width over the columns, set on the volume, and the landmarks land on the knees;
+    without it, the 1 mm warning; a DICOM spacing wins over the field width; an impossible width is refused before
+    anything changes."""
+    predictor = KneelPredictor(*default_model_dirs(), device="cpu", refine=False)
+    sample = generate_radiograph(9_100_005, spacing_mm=(0.35, 0.35), size=(800, 900))
+    grey = (np.clip(sample.image, 0, 1) * 255).round().astype(np.uint8)  # what an 8-bit export holds
+    scene = vtkMRMLScene()
+    logic = LandmarksLogic(scene)
+    volume = kt.make_volume(scene, grey, spacing_row_col=(1.0, 1.0))  # as Slicer holds a loaded PNG/JPEG
+    assert volume.GetSpacing() == (1.0, 1.0, 1.0)
+    unknown = logic.prepare(volume, device="cpu")
+    assert not unknown.radiograph.spacing.corrected and "1 mm pixels" in unknown.radiograph.messages[0]
+    with pytest.raises(KneelInputError, match="Field width"):
+        logic.prepare(volume, device="cpu", field_width_mm=0.5)
+    request = logic.prepare(volume, device="cpu", field_width_mm=0.35 * 900)
+    spacing = request.radiograph.spacing
+    assert spacing.corrected and spacing.source == "field_width" and np.allclose(spacing.spacing_mm, (0.35, 0.35))
+    assert "315 mm over its 900 columns" in spacing.message and volume.GetSpacing() == (1.0, 1.0, 1.0)
+    prediction = logic.predict_in_process(request, predictor)
+    assert prediction["spacing_source"] == "field_width"
+    results = logic.add_results(request, prediction)
+    assert np.allclose(volume.GetSpacing(), (0.35, 0.35, 1.0))
+    kt.check_landmarks_on_truth(results, volume, sample)
+    # a DICOM's spacing tag wins over a field width
+    dicom, _ = write_radiograph(sample, tmp_path, "dx", spacing_tag="PixelSpacing")
+    trapped = kt.read_volume_file(scene, dicom)
+    checked = logic.prepare(trapped, device="cpu", field_width_mm=500.0).radiograph.spacing
+    assert checked.source == "PixelSpacing" and checked.spacing_mm == (0.35, 0.35)
+
+
 @pytest.mark.parametrize("spacing_tag", ["ImagerPixelSpacing", "PixelSpacing"])
 def test_a_kneel_predict_markups_file_on_the_volume_slicer_loaded(tmp_path, spacing_tag):
     """What a user gets dragging `kneel predict`'s .mrk.json onto the radiograph Slicer's reader loaded: the points sit

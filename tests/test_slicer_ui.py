@@ -86,14 +86,16 @@ def test_parameter_names_match_the_parameter_node(ui_tree):
                      "KneelLandmarksParameterNode"]
     fields = {s.target.id: ast.unparse(s.annotation) for s in node_class.body if isinstance(s, ast.AnnAssign)}
     assert fields == {"inputVolume": "vtkMRMLScalarVolumeNode", "device": "Device", "refine": "bool",
-                      "modelPath": "str"}
+                      "modelPath": "str", "fieldWidthMm": "Annotated[float, WithinRange(0.0, 2000.0)]"}
     bound = {}
     for widget in ui_tree.iter("widget"):
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.findtext("string")] = widget.get("class")
-    # parameterNodeWrapper's connectors: node ↔ qMRMLNodeComboBox, Enum ↔ QComboBox, bool ↔ QCheckBox
-    assert bound == {"inputVolume": "qMRMLNodeComboBox", "device": "QComboBox", "refine": "QCheckBox"}
+    # parameterNodeWrapper's connectors: node ↔ qMRMLNodeComboBox, Enum ↔ QComboBox, bool ↔ QCheckBox,
+    # float ↔ QDoubleSpinBox
+    assert bound == {"inputVolume": "qMRMLNodeComboBox", "device": "QComboBox", "refine": "QCheckBox",
+                     "fieldWidthMm": "QDoubleSpinBox"}
 
 
 def test_qt_loads_the_panel_with_its_settings(panel):

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from typing import Annotated
 
 import qt
 import slicer
@@ -27,7 +28,7 @@ from KneelLandmarksLib import testing as kneeltesting
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 
@@ -101,12 +102,15 @@ class KneelLandmarksParameterNode:
     device - where the model runs (auto: the GPU when PyTorch sees one).
     refine - the refinement pass (re-centre on the tibial centre, predict again).
     modelPath - a model folder; empty for the shipped model.
+    fieldWidthMm - the imaged field's width for a JPEG/PNG export loaded with 1 mm pixels (0: not given).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     device: Device = Device.AUTO
     refine: bool = True
     modelPath: str = ""
+    # bounded: the spin box connector otherwise opens it to ±inf
+    fieldWidthMm: Annotated[float, WithinRange(0.0, 2000.0)] = 0.0
 
 
 #
@@ -275,7 +279,8 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     _("'{name}' already has landmarks. Replace them (unsaved edits are lost)?").format(
                         name=volume.GetName())):
                 return
-            request = self.logic.prepare(volume, parameters.device.value, parameters.refine, parameters.modelPath)
+            request = self.logic.prepare(volume, parameters.device.value, parameters.refine, parameters.modelPath,
+                                         parameters.fieldWidthMm or None)
             self._job = self.logic.start_prediction(request)
             self._request = request
         except KneelInputError as err:

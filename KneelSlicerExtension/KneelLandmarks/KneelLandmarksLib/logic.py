@@ -144,9 +144,10 @@ class LandmarksLogic:
 
     # ------------------------------------------------------------------ checking and predicting
     def prepare(self, volume_node, device: str = "auto", refine: bool = True,
-                model_path: str | None = None) -> PredictionRequest:
-        """Check the volume, the device and the model; nothing in the scene changes."""
-        radiograph = prepare_radiograph(volume_node, self.file_for_instance)
+                model_path: str | None = None, field_width_mm: float | None = None) -> PredictionRequest:
+        """Check the volume, the device and the model; nothing in the scene changes. ``field_width_mm`` gives a
+        volume with Slicer's 1 mm pixels and nothing to check them against its spacing (see ``check_spacing``)."""
+        radiograph = prepare_radiograph(volume_node, self.file_for_instance, field_width_mm)
         check_device(device)
         roi_dir, landmark_dir = check_model(model_path)
         return PredictionRequest(radiograph, device, bool(refine), model_path or None, roi_dir, landmark_dir)

@@ -141,8 +141,15 @@ def _same(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return all(math.isclose(x, y, rel_tol=_SPACING_RTOL) for x, y in zip(a, b))
 
 
-def check_spacing(volume_node, source_file: str | None = None) -> SpacingCheck:
-    """The true pixel spacing of the volume's radiograph (see the module docstring)."""
+def check_spacing(volume_node, source_file: str | None = None, field_width_mm: float | None = None) -> SpacingCheck:
+    """The true pixel spacing of the volume's radiograph (see the module docstring).
+
+    ``field_width_mm``: the imaged field's width, for a volume Slicer loaded with 1 mm pixels and no DICOM
+    spacing to check them against (a JPEG/PNG export): its spacing becomes the width over its columns, as
+    ``kneel predict --field-width-mm`` does; a spacing from DICOM tags or the volume's own (not 1 mm) wins.
+    """
+    if field_width_mm is not None and not (math.isfinite(field_width_mm) and 10.0 <= field_width_mm <= 2000.0):
+        raise KneelInputError(f"Field width: {field_width_mm} mm is not a radiograph's field (10–2000 mm).")
     volume = volume_spacing_row_col(volume_node)
     name = _name(volume_node)
     note = ""
@@ -169,6 +176,13 @@ def check_spacing(volume_node, source_file: str | None = None) -> SpacingCheck:
                 return SpacingCheck(true, source, volume, True, source_file, (
                     f"Pixel spacing corrected: Slicer loaded '{name}' with {_fmt(volume)} mm pixels, but its DICOM "
                     f"{source} says {_fmt(true)} mm. Using {_fmt(true)} mm; the volume's spacing is set to it."))
+    if _same(volume, (1.0, 1.0)) and field_width_mm:
+        columns = volume_node.GetImageData().GetDimensions()[0]
+        true = (field_width_mm / columns,) * 2
+        return SpacingCheck(true, "field_width", volume, True, source_file, (note + " " if note else "") + (
+            f"Pixel spacing from the field width: Slicer loaded '{name}' with 1 mm pixels and there is no spacing "
+            f"to check them against; {field_width_mm:g} mm over its {columns} columns gives {_fmt(true)} mm. "
+            "The volume's spacing is set to it."))
     if _same(volume, (1.0, 1.0)):
         note = (note + " " if note else "") + (
             f"'{name}' has 1 mm pixels and no DICOM file to check them against: lengths assume 1 mm pixels. If "
@@ -185,10 +199,11 @@ def ijk_to_ras_with_spacing(ijk_to_ras: np.ndarray, spacing_row_col: tuple[float
     return m
 
 
-def prepare_radiograph(volume_node, file_for_instance: Callable[[str], str] | None = None) -> RadiographInput:
+def prepare_radiograph(volume_node, file_for_instance: Callable[[str], str] | None = None,
+                       field_width_mm: float | None = None) -> RadiographInput:
     """Check a volume node and copy out what a prediction needs (the scene is not changed)."""
     pixels = radiograph_pixels(volume_node)
-    spacing = check_spacing(volume_node, find_source_file(volume_node, file_for_instance))
+    spacing = check_spacing(volume_node, find_source_file(volume_node, file_for_instance), field_width_mm)
     geometry = ijk_to_ras_matrix(volume_node)
     if spacing.corrected:
         geometry = ijk_to_ras_with_spacing(geometry, spacing.spacing_mm)
