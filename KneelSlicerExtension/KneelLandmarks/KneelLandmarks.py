@@ -231,8 +231,9 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.toolTip = (_("Find the 16 landmarks of each knee") if self.ui.applyButton.enabled
                                        else _("Select a radiograph first"))
         model = self._parameterNode.modelPath if self._parameterNode else ""
-        self.ui.modelInfoLabel.text = (_("a model folder: {folder}").format(folder=model) if model
-                                       else _("shipped model (trained on synthetic radiographs)"))
+        self.ui.modelInfoLabel.text = (
+            _("a model folder: {folder}").format(folder=model) if model
+            else _("shipped models (landmarks: real OAI knee crops + synthetic knees; knee finder: synthetic films)"))
 
     def onModelPathChanged(self, path) -> None:
         if self._parameterNode is not None and self._parameterNode.modelPath != path:
