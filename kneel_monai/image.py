@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["AffineImage", "image_like", "is_metatensor"]
+__all__ = ["AffineImage", "carries_affine", "image_like", "is_metatensor"]
+
+
+def carries_affine(image: Any) -> bool:
+    """Whether ``image`` has what the inference path uses of a ``MetaTensor``: ``.as_tensor()`` and ``.affine``."""
+    return hasattr(image, "as_tensor") and getattr(image, "affine", None) is not None
 
 
 class AffineImage:
@@ -43,7 +48,7 @@ class AffineImage:
         """The same pixels, affine and metadata, from a ``MetaTensor`` or an ``AffineImage``."""
         if isinstance(image, AffineImage):
             return image
-        if not (hasattr(image, "as_tensor") and getattr(image, "affine", None) is not None):
+        if not carries_affine(image):
             raise ValueError(f"expected an image carrying its affine (a MetaTensor), got {type(image).__name__}")
         return cls(image.as_tensor(), image.affine, getattr(image, "meta", None))
 

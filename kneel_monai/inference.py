@@ -151,8 +151,9 @@ class KneelPredictor:
         lower, upper = self.intensity_percentiles
         self._normalise = partial(KF.percentile_normalise, lower=lower, upper=upper)
         # each knee ROI to its own percentiles too (intensity region "roi"); a ROI may be all background
-        self._roi_scaling = (partial(KF.percentile_normalise, lower=lower, upper=upper, constant_ok=True)
-                             if (lp.get("intensity") or {}).get("region", "image") == "roi" else None)
+        roi_limits = KF.roi_percentile_limits(lp.get("intensity"))
+        self._roi_scaling = (None if roi_limits is None else partial(
+            KF.percentile_normalise, lower=roi_limits[0], upper=roi_limits[1], constant_ok=True))
         self._local_contrast = self._clahe(lp.get("local_contrast"))
         self._roi_local_contrast = self._clahe(self.roi.preprocessing.get("local_contrast"))
 

@@ -18,16 +18,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..image import image_like
+from ..image import carries_affine, image_like
 from ..model_io import INTENSITY_REGIONS
 from .points import affine_of, transform_points
 
 __all__ = ["pixel_spacing", "roi_size_px", "resample_to_spacing", "roi_affine", "crop_roi",
            "split_halves", "pad_and_centre_crop", "percentile_normalise", "local_contrast", "percentile_limits",
-           "local_contrast_settings"]
+           "roi_percentile_limits", "check_percentiles", "local_contrast_settings", "check_clahe"]
 
 def _checked(img: Any, name: str) -> Any:
-    if not (hasattr(img, "as_tensor") and getattr(img, "affine", None) is not None):
+    if not carries_affine(img):
         raise ValueError(f"{name} needs a MetaTensor (C, H, W) carrying its affine, got {type(img).__name__}")
     if img.ndim != 3:
         raise ValueError(f"{name} expects a (C, H, W) image, got shape {tuple(img.shape)}")
@@ -145,10 +145,21 @@ def percentile_limits(intensity: Mapping | None) -> tuple[float, float]:
                          "'release_mean_std'")
     if spec.get("region", "image") not in INTENSITY_REGIONS:
         raise ValueError(f"unknown intensity region {spec.get('region')!r}; expected one of {INTENSITY_REGIONS}")
-    lower, upper = float(spec.get("lower", 5.0)), float(spec.get("upper", 99.0))
+    return check_percentiles(float(spec.get("lower", 5.0)), float(spec.get("upper", 99.0)))
+
+
+def check_percentiles(lower: float, upper: float) -> tuple[float, float]:
+    """``(lower, upper)`` when ``0 <= lower < upper <= 100``; a ``ValueError`` otherwise."""
     if not 0 <= lower < upper <= 100:
         raise ValueError(f"need 0 <= lower < upper <= 100, got {lower}, {upper}")
     return lower, upper
+
+
+def roi_percentile_limits(intensity: Mapping | None) -> tuple[float, float] | None:
+    """The percentiles of the second scaling, of each knee ROI to its own, when ``intensity["region"]`` is
+    ``"roi"``; ``None`` when the radiograph's scaling is the only one (``"image"``, the default)."""
+    limits = percentile_limits(intensity)
+    return limits if (intensity or {}).get("region", "image") == "roi" else None
 
 
 def percentile_normalise(img: Any, lower: float = 5.0, upper: float = 99.0, constant_ok: bool = False) -> Any:
@@ -178,10 +189,15 @@ def local_contrast_settings(spec: Mapping | None) -> dict[str, float] | None:
         return None
     if spec.get("kind") != "clahe":
         raise ValueError(f"unknown local contrast kind {spec.get('kind')!r}; expected 'clahe'")
-    tile_mm, clip_limit = float(spec.get("tile_mm", 16.0)), float(spec.get("clip_limit", 0.01))
+    tile_mm, clip_limit = check_clahe(float(spec.get("tile_mm", 16.0)), float(spec.get("clip_limit", 0.01)))
+    return {"tile_mm": tile_mm, "clip_limit": clip_limit}
+
+
+def check_clahe(tile_mm: float, clip_limit: float) -> tuple[float, float]:
+    """``(tile_mm, clip_limit)`` when ``tile_mm > 0`` and ``0 < clip_limit <= 1``; a ``ValueError`` otherwise."""
     if tile_mm <= 0 or not 0 < clip_limit <= 1:
         raise ValueError(f"need tile_mm > 0 and 0 < clip_limit <= 1, got {tile_mm}, {clip_limit}")
-    return {"tile_mm": tile_mm, "clip_limit": clip_limit}
+    return tile_mm, clip_limit
 
 
 def local_contrast(img: Any, tile_mm: float = 16.0, clip_limit: float = 0.01, bins: int = 256) -> Any:

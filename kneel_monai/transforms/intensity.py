@@ -23,8 +23,7 @@ class PercentileNormalise(Transform):
     """
 
     def __init__(self, lower: float = 5.0, upper: float = 99.0, constant_ok: bool = False) -> None:
-        if not 0 <= lower < upper <= 100:
-            raise ValueError(f"need 0 <= lower < upper <= 100, got {lower}, {upper}")
+        KF.check_percentiles(lower, upper)
         self.lower, self.upper = lower / 100, upper / 100
         self.constant_ok = constant_ok  # a ROI may be all background (a scan start off the film): zeros, no error
 
@@ -39,14 +38,8 @@ class PercentileNormalise(Transform):
     def for_roi(cls, intensity: Mapping | None) -> PercentileNormalise | None:
         """The second scaling, of each knee ROI to its own percentiles, when ``intensity["region"]`` is
         ``"roi"``; None when the radiograph's scaling is the only one (``"image"``, the default)."""
-        base = cls.from_preprocessing(intensity)
-        if (intensity or {}).get("region", "image") != "roi":
-            return None
-        return cls(base.lower * 100, base.upper * 100, constant_ok=True)
-
-    @property
-    def spec(self) -> dict[str, float]:
-        return {"kind": "percentile", "lower": self.lower * 100, "upper": self.upper * 100}
+        limits = KF.roi_percentile_limits(intensity)
+        return None if limits is None else cls(*limits, constant_ok=True)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         return KF.percentile_normalise(img, self.lower * 100, self.upper * 100, self.constant_ok)
@@ -78,8 +71,7 @@ class LocalContrast(Transform):
     """
 
     def __init__(self, tile_mm: float = 16.0, clip_limit: float = 0.01, bins: int = 256) -> None:
-        if tile_mm <= 0 or not 0 < clip_limit <= 1:
-            raise ValueError(f"need tile_mm > 0 and 0 < clip_limit <= 1, got {tile_mm}, {clip_limit}")
+        KF.check_clahe(tile_mm, clip_limit)
         self.tile_mm, self.clip_limit, self.bins = float(tile_mm), float(clip_limit), int(bins)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
