@@ -115,11 +115,12 @@ class FieldSize:
         """``(spacing mm, spacing source)`` for a file without a spacing of its own, from its header (nothing
         is decoded); ``None`` when the file has one."""
         info = describe_radiograph(path)
-        if info["pixel_spacing_mm"] is not None:
-            return None
-        rows, cols = info["shape"]
+        return None if info["pixel_spacing_mm"] is not None else self.spacing_for(*info["shape"])
+
+    def spacing_for(self, rows: int, columns: int) -> tuple[float, str]:
+        """``(spacing mm, spacing source)`` of an image of ``rows`` × ``columns`` pixels filling the field."""
         if self.width_mm is not None:
-            return self.width_mm / cols, "field_width"
+            return self.width_mm / columns, "field_width"
         return self.height_mm / rows, "field_height"  # type: ignore[operator]
 
 #: DICOM spacing attributes, in the order they are tried (the original release's order)

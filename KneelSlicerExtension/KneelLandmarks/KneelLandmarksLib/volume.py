@@ -148,8 +148,14 @@ def check_spacing(volume_node, source_file: str | None = None, field_width_mm: f
     spacing to check them against (a JPEG/PNG export): its spacing becomes the width over its columns, as
     ``kneel predict --field-width-mm`` does; a spacing from DICOM tags or the volume's own (not 1 mm) wins.
     """
-    if field_width_mm is not None and not (math.isfinite(field_width_mm) and 10.0 <= field_width_mm <= 2000.0):
-        raise KneelInputError(f"Field width: {field_width_mm} mm is not a radiograph's field (10–2000 mm).")
+    field = None
+    if field_width_mm is not None:
+        from kneel_monai.io.reading import FieldSize  # the rule of `kneel predict --field-width-mm`
+
+        try:
+            field = FieldSize(width_mm=field_width_mm)
+        except ValueError as err:
+            raise KneelInputError(f"Field width: {err}.") from None
     volume = volume_spacing_row_col(volume_node)
     name = _name(volume_node)
     note = ""
@@ -176,10 +182,11 @@ def check_spacing(volume_node, source_file: str | None = None, field_width_mm: f
                 return SpacingCheck(true, source, volume, True, source_file, (
                     f"Pixel spacing corrected: Slicer loaded '{name}' with {_fmt(volume)} mm pixels, but its DICOM "
                     f"{source} says {_fmt(true)} mm. Using {_fmt(true)} mm; the volume's spacing is set to it."))
-    if _same(volume, (1.0, 1.0)) and field_width_mm:
-        columns = volume_node.GetImageData().GetDimensions()[0]
-        true = (field_width_mm / columns,) * 2
-        return SpacingCheck(true, "field_width", volume, True, source_file, (note + " " if note else "") + (
+    if _same(volume, (1.0, 1.0)) and field is not None:
+        columns, rows, _ = volume_node.GetImageData().GetDimensions()
+        spacing, source = field.spacing_for(rows, columns)
+        true = (spacing, spacing)
+        return SpacingCheck(true, source, volume, True, source_file, (note + " " if note else "") + (
             f"Pixel spacing from the field width: Slicer loaded '{name}' with 1 mm pixels and there is no spacing "
             f"to check them against; {field_width_mm:g} mm over its {columns} columns gives {_fmt(true)} mm. "
             "The volume's spacing is set to it."))
