@@ -43,6 +43,7 @@ from .networks import prepare_for_inference
 from .quality import QualityThresholds, assess_knee
 from .results import KneeResult, RadiographResult
 from .shape_plausibility import shape_distance
+from .side import SideDecision, decide_side, fibula_evidence
 from .transforms import functional as KF
 from .transforms.functional import pixel_spacing
 from .transforms.points import points_between, points_to_mm
@@ -438,9 +439,10 @@ class KneelPredictor:
         if len(believed) == 2:
             knees, sources = dict(zip(SIDES, believed)), {s: "image_position" for s in SIDES}
         elif len(believed) == 1:
-            side, source, knee = self._single_knee_side(work, believed[0], norm.meta.get("laterality"),
-                                                        single_knee_side)
+            side, source, knee, decision = self._single_knee_side(work, believed[0], norm.meta.get("laterality"),
+                                                                  single_knee_side)
             knees, sources = {side: knee}, {side: source}
+            info["side_evidence"] = None if decision is None else decision.as_json()
         else:
             knees, sources = {}, {}
         # a knee seen in the other orientation than its side is run again as that side's knee
@@ -450,28 +452,40 @@ class KneelPredictor:
         return knees, sources, info
 
     def _single_knee_side(self, work: Image, knee: Candidate, laterality: Any, user_side: str | None
-                          ) -> tuple[str, str, Candidate]:
-        """``(side, side_source, answer in that side's orientation)`` for the only knee of an image.
-        Stage 2 runs in both orientations only when the anatomy has to decide."""
-        def answers(*sides: str) -> dict[str, Candidate]:
-            again = self._as_sides(work, [(s, knee.centre, knee.zoom) for s in sides])
+                          ) -> tuple[str, str, Candidate, SideDecision | None]:
+        """``(side, side_source, answer in that side's orientation, the anatomy's evidence or None)`` for the
+        only knee of an image. Stage 2 runs in both orientations only when the anatomy has to decide."""
+        def answers(*sides: str) -> tuple[dict[str, Candidate], dict[str, Candidate]]:
+            again = dict(zip(sides, self._as_sides(work, [(s, knee.centre, knee.zoom) for s in sides])))
             # the answer found stays where running it again in its own orientation gives a less knee-like one
-            return {s: knee if s == knee.orientation and knee.shape_distance < a.shape_distance else a
-                    for s, a in zip(sides, again)}
+            # (it was picked from many starts, so it is not compared with the other orientation's one run)
+            best = {s: knee if s == knee.orientation and knee.shape_distance < a.shape_distance else a
+                    for s, a in again.items()}
+            return best, again
 
         tag = str(laterality or "").strip().upper()
         if tag in SIDES:
-            return tag, "dicom_laterality", answers(tag)[tag]
+            return tag, "dicom_laterality", answers(tag)[0][tag], None
         side = off_centre_side(knee.centre[0], work.shape[-1], self.scan.centred_fraction)
         if side is not None:  # one knee of a bilateral film: where it lies says
-            return side, "image_position", answers(side)[side]
-        by_side = answers(*SIDES)
-        anatomy = max(SIDES, key=lambda s: by_side[s].mean_confidence)
-        if abs(by_side["R"].mean_confidence - by_side["L"].mean_confidence) >= self.scan.side_margin:
-            return anatomy, "anatomy", by_side[anatomy]
+            return side, "image_position", answers(side)[0][side], None
+        best, again = answers(*SIDES)
+        confidence = {s: a.mean_confidence for s, a in again.items()}
+        surer = max(SIDES, key=lambda s: confidence[s])
+        fibula = fibula_evidence(np.asarray(work), again[surer].landmarks_px)
+        guess = "R" if fibula is not None and fibula > 0 else "L" if fibula is not None else surer
+        decision = decide_side(confidence, fibula, self.scan.fibula_margin, self.scan.side_margin,
+                               landmarks_ok=self._landmarks_ok(work, best[guess]))
+        if decision.sure:
+            return decision.side, "anatomy", best[decision.side], decision
         if user_side is not None:
-            return user_side, "user", by_side[user_side]
-        return anatomy, "anatomy_uncertain", by_side[anatomy]
+            return user_side, "user", best[user_side], decision
+        return decision.side, "anatomy_uncertain", best[decision.side], decision
+
+    def _landmarks_ok(self, work: Image, knee: Candidate) -> bool:
+        """Whether a knee's landmarks pass the quality check (before any MC-dropout spread is known)."""
+        measured = knee_measurements(points_to_mm(knee.landmarks_px, work.affine))
+        return assess_knee(knee.confidence, measured, None, self.quality, knee.shape_distance)[0] == "ok"
 
     def predict_image(self, image: Image, path: str = "", single_knee_side: str | None = None) -> RadiographResult:
         """The knees of a radiograph already read (``read_radiograph``'s ``MetaTensor``, or ``read_image``'s
@@ -522,8 +536,8 @@ class KneelPredictor:
             quality, reasons = assess_knee(k.confidence, measured, spread.get(side), self.quality, k.shape_distance)
             if sources[side] == "anatomy_uncertain":
                 quality = "check"
-                reasons = reasons + ["side uncertain: the anatomy does not clearly say left or right; "
-                                     "give the side (single_knee_side) or check it"]
+                why = (info.get("side_evidence") or {}).get("why") or "the anatomy does not say left or right"
+                reasons = reasons + [f"side uncertain: {why}; give the side (single_knee_side) or check it"]
             knees[side] = KneeResult(side, True, pts, mm, k.confidence, pts[KNEE_CENTRE_ID].copy(),
                                      measurements=measured, quality=quality, quality_reasons=reasons,
                                      spread_mm=spread.get(side), shape_distance=k.shape_distance,
@@ -537,6 +551,8 @@ class KneelPredictor:
                      "whole_image": bool(info["whole_image"]), "local_starts": int(info["local_starts"]),
                      "scan_starts": int(info["scan_starts"]),
                      "partner_starts": int(info["partner_starts"]), "stage1_px": info.get("stage1_px"),
+                     # a lone knee's side from its anatomy: the fibula, each orientation's confidence
+                     "side_evidence": info.get("side_evidence"),
                      "knee_shape_limit": limit,
                      # the most knee-like answer anywhere: how far a film without a knee was from having one
                      "best_shape_distance": (round(float(info["best_shape_distance"]), 3)

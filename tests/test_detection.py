@@ -50,6 +50,18 @@ def centred_single_knee(bilateral):
     return padded[:, x0:x0 + 1200], truth + [600 - x0, 0]
 
 
+def with_fibular_head(field: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The field with a fibular head drawn where real AP films show it: a 12 mm disc straddling the lateral
+    tibial margin (landmark 0), a third of a plateau width below it, as bright as the tibia at that level."""
+    width = np.linalg.norm(truth[8] - truth[0])
+    cx, cy = truth[0][0], truth[0][1] + 0.33 * width
+    bone = np.median(field[int(cy) - 5:int(cy) + 5, int(truth[4][0]) - 5:int(truth[4][0]) + 5])
+    yy, xx = np.mgrid[:field.shape[0], :field.shape[1]]
+    out = field.copy()
+    out[(xx - cx) ** 2 + (yy - cy) ** 2 < (12.0 / SPACING) ** 2] = bone
+    return out
+
+
 @pytest.fixture(scope="module")
 def predictor():
     return KneelPredictor(*default_model_dirs(), device="cpu")
@@ -79,16 +91,41 @@ def test_a_centred_knee_gets_its_side_from_the_tag_then_the_anatomy_then_the_use
     result = predictor.predict_image(tagged)
     assert result.knees["L"].present and not result.knees["R"].present
     assert result.knees["L"].side_source == "dicom_laterality"
-    # no tag: the anatomy decides, and for this right knee it says so clearly
-    result = predictor.predict_image(as_image(field), single_knee_side="L")
+    # no tag: the anatomy decides. The synthetic fibular head lies behind the tibia, fainter than on real
+    # films, so the fibula does not say "right" here: the side is a guess to check, with the reason
+    result = predictor.predict_image(as_image(field))
+    knee = next(k for k in result.knees.values() if k.present)
+    evidence = result.detection["side_evidence"]
+    assert knee.side_source == "anatomy_uncertain" and not evidence["sure"] and knee.quality == "check"
+    assert any(evidence["why"] in r for r in knee.quality_reasons)
+    # with the fibular head where real films show it (painted in, as bright as the tibia), the fibula and
+    # the heat-maps agree: the side is the anatomy's, sure, and the record keeps both pieces of evidence
+    painted = with_fibular_head(field, truth)
+    result = predictor.predict_image(as_image(painted), single_knee_side="L")
     knee = result.knees["R"]
     assert knee.present and knee.side_source == "anatomy" and not result.knees["L"].present
     assert median_error_mm(knee, truth) < 1.5
+    evidence = result.detection["side_evidence"]
+    assert evidence["sure"] and evidence["side"] == "R" and evidence["fibula"] > 0.1 and evidence["why"] == ""
+    assert evidence["confidence"]["R"] > evidence["confidence"]["L"]
+    assert json.loads(json.dumps(result.to_dict()))["detection"]["side_evidence"] == evidence
+    # the same knee mirrored is a left knee by its fibula; sure only where the heat-maps say so too (here the
+    # knee is found at another zoom, and the mirrored heat-maps need not agree)
+    mirrored = predictor.predict_image(as_image(painted[:, ::-1]))
+    knee = mirrored.knees["L"]
+    assert knee.present and not mirrored.knees["R"].present
+    evidence = mirrored.detection["side_evidence"]
+    assert evidence["side"] == "L" and evidence["fibula"] < -0.1
+    heat_maps_agree = evidence["confidence"]["L"] > evidence["confidence"]["R"]
+    assert knee.side_source == ("anatomy" if heat_maps_agree else "anatomy_uncertain")
+    assert (knee.quality == "check") if not heat_maps_agree else True
+    # mirroring the image mirrors the anatomy with it: landmark 0 stays the lateral margin, now on the right
+    assert median_error_mm(knee, truth * [-1, 1] + [field.shape[1] - 1, 0]) < 1.5
     # when the anatomy cannot tell, the user's side is taken (here: forced by an unreachable margin)
     undecided = KneelPredictor(*default_model_dirs(), device="cpu", scan=ScanSettings(side_margin=1.0))
-    result = undecided.predict_image(as_image(field), single_knee_side="L")
+    result = undecided.predict_image(as_image(painted), single_knee_side="L")
     assert result.knees["L"].present and result.knees["L"].side_source == "user"
-    result = undecided.predict_image(as_image(field))
+    result = undecided.predict_image(as_image(painted))
     guessed = next(k for k in result.knees.values() if k.present)
     assert guessed.side_source == "anatomy_uncertain" and guessed.quality == "check"
     assert any("side uncertain" in r for r in guessed.quality_reasons)
@@ -290,6 +327,7 @@ def test_a_knee_alone_in_the_field_is_found_without_a_scan_for_a_second_one(pred
     scanned (scanning anyway gives the same knee). When the halves' proposals miss it, stage 1 on the whole image
     finds it."""
     field, truth = centred_single_knee(bilateral)
+    field = with_fibular_head(field, truth)  # so that the anatomy names the side (see above)
     result = predictor.predict_image(as_image(field))
     knee = result.knees["R"]
     assert knee.present and not result.knees["L"].present and knee.side_source == "anatomy"
