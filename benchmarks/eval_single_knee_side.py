@@ -6,7 +6,7 @@ knee's side; left knees are not mirrored) is run through the whole pipeline as a
 the anatomy's (``kneel_monai.side``). Per part of the project's split (validation: choose; test:
 report; train: the landmark model has seen these knees, the fibula rule has not): how many sides were
 called sure and how many of those were wrong, how many were left to check; and, from the same
-evidence, each piece alone (the fibula; the heat-maps with the 0.02 margin of 0.4.3).
+evidence, each piece alone (the fibula; the heat-maps, also with 0.4.3's 0.02 margin).
 
 With ``--films FOLDER`` (a folder with ``views.csv``, as ``eval_full_radiographs.py`` reads) the knees of
 every bilateral AP film are cut out as single-knee fields (the knee found on the film in the middle,
@@ -64,9 +64,9 @@ def run_films(folder: Path, progress: bool = True, field_mm: float = 180.0) -> l
     """Each knee the pipeline finds on a bilateral AP film, cut out as a single-knee field and run again."""
     import csv
 
+    from eval_full_radiographs import guessed_spacing
     from tqdm import tqdm
 
-    from eval_full_radiographs import guessed_spacing
     from kneel_monai.image import AffineImage
     from kneel_monai.inference import KneelPredictor, default_model_dirs
     from kneel_monai.io.reading import read_image
@@ -126,7 +126,7 @@ def summarise(rows: list[dict], part: str | None) -> dict:
 
 def table(summaries: list[dict]) -> str:
     lines = ["| part | knees | one knee found | sides called sure | sure but wrong | left to check (guess right) "
-             "| fibula alone right | heat-maps alone right | heat-maps, margin 0.02 (0.4.3): called / wrong |",
+             "| fibula alone right | heat-maps alone right | heat-maps alone, margin 0.02: called / wrong |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         lines.append(f"| {s['part']} | {s['knees']} | {s['one_knee_found']} | {s['sure']} | **{s['sure_wrong']}** | "
