@@ -136,7 +136,9 @@ def table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def picture(rows: list[dict], path: Path, spacing_mm: float, max_crops: int = 12) -> None:
+def picture(rows: list[dict], path: Path, spacing_mm: float, per_row: int = 6) -> None:
+    """The fibula evidence of the crops by true side; below, the crops called wrongly or left to check, then
+    the film knees (wrong first), each with the landmarks and the three boxes (image left, image right, tibia)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -145,32 +147,43 @@ def picture(rows: list[dict], path: Path, spacing_mm: float, max_crops: int = 12
     from kneel_monai.io.reading import read_image
     from kneel_monai.side import fibula_boxes
 
-    shown = [r for r in rows if r["knees"] == 1 and r.get("source") in ("anatomy", "anatomy_uncertain")
-             and (r["called"] != r["side"] or r["source"] == "anatomy_uncertain")][:max_crops]
-    ncol = 6
-    nrow = 1 + max(1, -(-len(shown) // ncol))
-    fig = plt.figure(figsize=(2.4 * ncol, 2.6 * nrow))
-    ax = fig.add_subplot(nrow, 1, 1)
+    lone = [r for r in rows if r["knees"] == 1 and r.get("source") in ("anatomy", "anatomy_uncertain")]
+    crops = [r for r in lone if r["part"] != "films"]
+    films = [r for r in lone if r["part"] == "films"]
+    doubtful = sorted((r for r in crops if r["called"] != r["side"] or r["source"] == "anatomy_uncertain"),
+                      key=lambda r: r["called"] == r["side"])[:per_row]
+    film_rows = sorted(films, key=lambda r: r["called"] == r["side"])[:per_row]
+    panels = [p for p in (doubtful, film_rows) if p]
+    fig = plt.figure(figsize=(2.5 * per_row, 2.6 * (1 + len(panels))))
+    ax = fig.add_subplot(1 + len(panels), 1, 1)
     for side, colour in (("R", "tab:blue"), ("L", "tab:orange")):
-        values = [r["fibula"] for r in rows if r["side"] == side and r["fibula"] is not None]
-        ax.hist(values, bins=40, alpha=0.6, color=colour, label=f"{side} knees ({len(values)})")
+        values = [r["fibula"] for r in crops if r["side"] == side and r["fibula"] is not None]
+        ax.hist(values, bins=40, alpha=0.6, color=colour, label=f"{side} crops ({len(values)})")
+    for r in films:  # film knees as ticks under the histogram
+        if r["fibula"] is not None:
+            ax.plot(r["fibula"], 0, "|", ms=14, mew=2, color="tab:blue" if r["side"] == "R" else "tab:orange")
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("fibula evidence (> 0: fibular head on the image's left = a right knee)")
+    ax.set_xlabel("fibula evidence (> 0: fibular head on the image's left = a right knee); ticks: film knees")
     ax.legend(fontsize=8)
-    for i, r in enumerate(shown):
-        a = fig.add_subplot(nrow, ncol, ncol + 1 + i)
-        img = np.asarray(read_image(r["image"], spacing_mm)).squeeze()
-        a.imshow(img, cmap="gray")
-        pts = np.asarray(r["landmarks_px"])
-        a.plot(pts[:, 0], pts[:, 1], ".", ms=3, color="yellow")
-        for (x0, x1, y0, y1), colour in zip(fibula_boxes(pts), ("cyan", "magenta", "lime")):
-            a.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=colour, lw=1))
-        wrong = r["called"] != r["side"]
-        a.set_title(f"{r['key']} called {r['called']}{' WRONG' if wrong else ''}\n"
-                    f"{r['source']}  fibula {r['fibula']}", fontsize=7, color="red" if wrong else "black")
-        a.axis("off")
+    for row_i, panel in enumerate(panels):
+        for i, r in enumerate(panel):
+            a = fig.add_subplot(1 + len(panels), per_row, per_row * (row_i + 1) + 1 + i)
+            img = np.asarray(read_image(r["image"], spacing_mm)).squeeze()
+            pts = np.asarray(r["landmarks_px"])
+            a.imshow(img, cmap="gray")
+            a.plot(pts[:, 0], pts[:, 1], ".", ms=3, color="yellow")
+            for (x0, x1, y0, y1), colour in zip(fibula_boxes(pts), ("cyan", "magenta", "lime")):
+                a.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=colour, lw=1))
+            width = float(np.linalg.norm(pts[8] - pts[0]))
+            a.set_xlim(pts[4, 0] - 0.85 * width, pts[4, 0] + 0.85 * width)
+            a.set_ylim(pts[4, 1] + 0.9 * width, pts[4, 1] - 0.6 * width)
+            wrong = r["called"] != r["side"]
+            fib = "unseen" if r["fibula"] is None else f"{r['fibula']:+.2f}"
+            a.set_title(f"{r['key']}: {r['side']}, called {r['called']}\n{r['source']}, fibula {fib}", fontsize=7,
+                        color="red" if wrong else "black")
+            a.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 

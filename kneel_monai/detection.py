@@ -89,13 +89,12 @@ class ScanSettings:
         side_margin, fibula_margin: a lone knee's side is decided by its anatomy
             (:func:`kneel_monai.side.decide_side`) when the fibula says a side by at least ``fibula_margin``
             (image standard deviations) and the orientation with the surer heat-maps — by at least
-            ``side_margin`` in mean landmark confidence — is the same side. On the real OAI crops run as
-            single-knee images (``benchmarks/eval_single_knee_side.py``): 93 % of knees decided, none
-            wrongly (validation 97 of 105, test 97 of 104, training part 284 of 314). The heat-maps alone
-            (the rule of 0.4.3 and before, margin 0.02) were wrong for 10–15 % of the knees they called.
-            On the development films the heat-maps named, decisively, the wrong side for a knee of a
-            bilateral film whose position gave the side — hence position before anatomy for off-centre
-            knees.
+            ``side_margin`` in mean landmark confidence — is the same side, on landmarks that pass the
+            quality check. On the real OAI crops run as single-knee images
+            (``benchmarks/eval_single_knee_side.py``) 397 of 523 knees are called sure, none wrongly
+            (validation 77 of 105, test 82 of 104); 0.4.3's heat-maps alone (margin 0.02) called 433 and
+            got 58 wrong. On the development films both pieces of anatomy fail for some knees of
+            bilateral standing films — hence position before anatomy for off-centre knees.
         centred_fraction: a lone knee whose centre is more than this fraction of the image width
             from the middle is one knee of a bilateral film: its side is where it lies.
     """
