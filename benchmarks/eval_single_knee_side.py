@@ -32,8 +32,8 @@ import numpy as np
 PARTS = ("validation", "test", "train")
 
 
-def run(crops: Path, parts: tuple[str, ...], spacing_mm: float, limit: int | None, progress: bool = True
-        ) -> list[dict]:
+def run(crops: Path, parts: tuple[str, ...], spacing_mm: float, limit: int | None, split_path: Path | None = None,
+        progress: bool = True) -> list[dict]:
     from tqdm import tqdm
 
     from kneel_monai.data.oai_crops import read_crop_reference, read_split
@@ -41,8 +41,8 @@ def run(crops: Path, parts: tuple[str, ...], spacing_mm: float, limit: int | Non
 
     records, problems = read_crop_reference(crops)
     for p in problems:
-        print(f"skipped {p['key']}: {p['problem']}")
-    split = read_split()
+        print(f"skipped {p['key']}: {p['reason']}")
+    split = read_split(split_path)
     chosen = [r for r in records if split.get(r.key) in parts][:limit]
     predictor = KneelPredictor(*default_model_dirs(), device="cpu")
     rows = []
@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--crops", type=Path, required=True, help="the crop set folder (reference.json + PNGs)")
     parser.add_argument("--part", action="append", choices=PARTS,
                         help="part(s) of the project's split (repeatable; default all three)")
+    parser.add_argument("--split", type=Path, help="the crop split file (default: the project's shipped split)")
     parser.add_argument("--films", type=Path, help="a folder with views.csv: its bilateral AP films' knees too")
     parser.add_argument("--spacing", type=float, default=0.45, help="pixel spacing the crops are read at (mm)")
     parser.add_argument("--limit", type=int, help="only the first N crops (a quick look)")
@@ -208,7 +209,7 @@ def main() -> None:
     if ns.replot:  # the table and picture again from a finished run
         rows = [r for r in json.loads(saved.read_text(encoding="utf-8"))["rows"] if r["part"] in parts + ("films",)]
     else:
-        rows = run(ns.crops, parts, ns.spacing, ns.limit) + (run_films(ns.films) if ns.films else [])
+        rows = run(ns.crops, parts, ns.spacing, ns.limit, ns.split) + (run_films(ns.films) if ns.films else [])
     summaries = [summarise(rows, p) for p in parts if any(r["part"] == p for r in rows)]
     if len(summaries) > 1:
         summaries.append(summarise([r for r in rows if r["part"] != "films"], None))
