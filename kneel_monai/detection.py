@@ -46,7 +46,7 @@ from .transforms.functional import pixel_spacing
 
 __all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "partner_searched", "room_for_partner",
            "orientation_at", "distinct_knees", "off_centre_side", "SIDE_SOURCES", "KNEE_SIZE_MM", "knee_size_mm",
-           "size_zoom"]
+           "size_zoom", "NON_AP_VIEW_POSITIONS", "header_view"]
 
 #: an annotated knee's size (:func:`knee_size_mm`): the mean of the 317 knees of the real OAI crop
 #: set's training part (KNEEL annotations; sd 2.4 mm, 95 % within 21.5–30.0 mm)
@@ -54,6 +54,19 @@ KNEE_SIZE_MM = 25.3
 
 #: how a knee's side was decided (``KneeResult.side_source``)
 SIDE_SOURCES = ("image_position", "dicom_laterality", "anatomy", "user", "anatomy_uncertain")
+
+
+#: DICOM ViewPosition (0018,5101) values that are not an AP/PA projection: the defined terms for a lateral
+#: (LL, RL) and an oblique (LLO, RLO) projection, and two spellings some systems write. The decubitus
+#: terms (RLD, LLD) are AP/PA projections of a lying patient and are not here.
+NON_AP_VIEW_POSITIONS = {"LL": "lateral", "RL": "lateral", "LAT": "lateral", "LATERAL": "lateral",
+                         "LLO": "oblique", "RLO": "oblique"}
+
+
+def header_view(view_position: object) -> str | None:
+    """``"lateral"``/``"oblique"`` when a DICOM ViewPosition says the image is not an AP/PA view, else None
+    (AP, PA, an empty tag, a JPEG)."""
+    return NON_AP_VIEW_POSITIONS.get(str(view_position or "").strip().upper())
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,9 @@ class ScanSettings:
             bilateral standing films — hence position before anatomy for off-centre knees.
         centred_fraction: a lone knee whose centre is more than this fraction of the image width
             from the middle is one knee of a bilateral film: its side is where it lies.
+        header_view_check: an image whose DICOM ViewPosition says a lateral or oblique projection
+            (:data:`NON_AP_VIEW_POSITIONS`) is reported as no AP knee, with that reason, without running
+            the models; ``False`` looks for knees whatever the header says (a mislabelled header).
     """
 
     knee_shape_limit: float | None = 6.0
@@ -116,6 +132,7 @@ class ScanSettings:
     side_margin: float = 0.0
     fibula_margin: float = 0.1
     centred_fraction: float = 0.15
+    header_view_check: bool = True
 
     def __post_init__(self) -> None:
         for name in ("zooms", "proposal_zooms", "zoom_range"):  # a config or JSON gives lists

@@ -26,6 +26,7 @@ from .detection import (
     ScanSettings,
     distinct_knees,
     grid_starts,
+    header_view,
     local_starts,
     off_centre_side,
     orientation_at,
@@ -498,11 +499,20 @@ class KneelPredictor:
         t0 = time.perf_counter()
         image = AffineImage.of(image)  # one kind inside, whichever came in
         pixels = image.as_tensor()
+        view_position = image.meta.get("view_position")
         if float(pixels.max()) == float(pixels.min()):  # nothing to see, not a broken file: report why
             reason = f"blank image (every pixel is {float(pixels.min()):g}): no knee"
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
-                           {"verdict": "no_ap_knee", "knees": 0, "reason": reason},
+                           {"verdict": "no_ap_knee", "knees": 0, "reason": reason, "view_position": view_position},
                            {**_nothing_searched(), "best_shape_distance": None, "stage1_px": None})
+        header_says = header_view(view_position) if self.scan.header_view_check else None
+        if header_says is not None:  # no model can make a lateral film an AP one
+            reason = (f"the DICOM header says a {header_says} view (ViewPosition {view_position}), not an AP/PA knee view: "
+                      "no knee looked for")
+            return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
+                           {"verdict": "no_ap_knee", "knees": 0, "reason": reason, "view_position": view_position},
+                           {**_nothing_searched(), "best_shape_distance": None, "stage1_px": None,
+                            "header_view_check": True})
         norm = self._normalise(image)
         work = self.working_image(norm)
         t1 = time.perf_counter()
@@ -547,6 +557,7 @@ class KneelPredictor:
                 {"verdict": "no_ap_knee", "knees": 0,
                  "reason": "no knee-shaped set of landmarks anywhere in the image (lateral view, foot, long-leg "
                            "film, no knee, or a knee the model does not recognise)"})
+        view["view_position"] = view_position  # what the DICOM header says (None: no such tag, or not a DICOM)
         detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]),
                      "whole_image": bool(info["whole_image"]), "local_starts": int(info["local_starts"]),
                      "scan_starts": int(info["scan_starts"]),

@@ -5,6 +5,7 @@ docs/real_knees.md (``benchmarks/eval_full_radiographs.py``).
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from kneel_monai.detection import (
     ScanSettings,
     distinct_knees,
     grid_starts,
+    header_view,
     knee_size_mm,
     local_starts,
     off_centre_side,
@@ -26,11 +28,14 @@ from kneel_monai.detection import (
     zoomed,
 )
 from kneel_monai.inference import KneelPredictor, RadiographResult, default_model_dirs
+from kneel_monai.io import describe_radiograph, read_radiograph
+from kneel_monai.io.dicom_writer import write_dicom
 from kneel_monai.synthetic.generate import generate_radiograph
 from kneel_monai.transforms import points_between
 from kneel_monai.transforms.array import pixel_spacing
 
 SPACING = 0.2
+SAMPLE_DCM = Path(__file__).resolve().parents[1] / "samples" / "synthetic_bilateral_knee.dcm"
 
 
 def as_image(array: np.ndarray, spacing: float = SPACING) -> MetaTensor:
@@ -355,3 +360,33 @@ def test_room_for_a_second_knee_is_counted_in_plateau_widths():
     assert room_for_partner(knee, 300, 1.5) and room_for_partner(knee, 300, 0.0)
     with pytest.raises(ValueError, match="partner_room"):
         ScanSettings(partner_room=-1.0)
+
+
+def test_a_dicom_header_that_says_lateral_or_oblique_is_no_ap_knee_without_running_the_models(predictor, tmp_path):
+    assert (header_view("LL"), header_view(" rl "), header_view("RLO"), header_view("LATERAL")) == (
+        "lateral", "lateral", "oblique", "lateral")
+    assert header_view("PA") is None and header_view("AP") is None and header_view(None) is None
+    assert header_view("RLD") is None  # decubitus: an AP/PA projection of a lying patient
+    sample = read_radiograph(SAMPLE_DCM)
+    pixels = np.asarray(sample[0].numpy(), dtype=np.uint16)
+    spacing = tuple(float(v) for v in pixel_spacing(sample.affine))
+    ap = write_dicom(tmp_path / "ap.dcm", pixels, spacing)  # the writer's ViewPosition: PA
+    lateral = write_dicom(tmp_path / "lateral.dcm", pixels, spacing, extra_tags={"ViewPosition": "LL"})
+    assert describe_radiograph(lateral)["view_position"] == "LL"
+
+    result = predictor.predict_file(lateral)
+    assert not any(k.present for k in result.knees.values())
+    assert result.view == {"verdict": "no_ap_knee", "knees": 0, "view_position": "LL",
+                           "reason": result.knees["R"].reason}
+    assert "ViewPosition LL" in result.knees["R"].reason and "lateral" in result.knees["R"].reason
+    assert result.detection["header_view_check"] and result.detection["scan_starts"] == 0
+    assert "detect" not in result.timings_s  # refused before any model ran
+    # the same pixels with an AP/PA header: both knees, and the view position recorded
+    found = predictor.predict_file(ap)
+    assert all(k.present for k in found.knees.values()) and found.view["view_position"] == "PA"
+    # a user who knows the header is wrong looks anyway
+    anyway = KneelPredictor(predictor.roi, predictor.landmarks, device="cpu",
+                            scan=ScanSettings(header_view_check=False)).predict_file(lateral)
+    assert all(k.present for k in anyway.knees.values()) and anyway.view["view_position"] == "LL"
+    for side in ("R", "L"):
+        assert np.allclose(anyway.knees[side].landmarks_px, found.knees[side].landmarks_px)

@@ -395,6 +395,7 @@ def _dicom_header(path: Path, ds) -> dict[str, Any]:
     photometric = (_tag_text(ds, "PhotometricInterpretation") or "").upper() or None
     spacing, spacing_tag, spacing_notes = _dicom_spacing(ds)
     laterality = _tag_text(ds, "ImageLaterality") or _tag_text(ds, "Laterality")
+    view_position = (_tag_text(ds, "ViewPosition") or "").strip().upper() or None
     has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
     decoders = _decoders_for(ts) if has_pixels else []
 
@@ -448,6 +449,7 @@ def _dicom_header(path: Path, ds) -> dict[str, Any]:
         "modality": _tag_text(ds, "Modality"),
         "patient_id": _tag_text(ds, "PatientID"),
         "laterality": laterality,
+        "view_position": view_position,
         "series_description": _tag_text(ds, "SeriesDescription"),
         "problems": problems,
     }
@@ -637,6 +639,7 @@ def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None,
         "transfer_syntax": ts_name,
         "patient_id": header["patient_id"],
         "laterality": header["laterality"],
+        "view_position": header["view_position"],
         "series_description": header["series_description"],
         "modality": header["modality"],
         "format": "DICOM",
@@ -778,6 +781,7 @@ def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
         "modality": None,
         "patient_id": None,
         "laterality": None,
+        "view_position": None,
         "series_description": None,
         "problems": problems,
         "_kept_axes": kept,
@@ -881,6 +885,7 @@ def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLi
         "transfer_syntax": None,
         "patient_id": None,
         "laterality": None,
+        "view_position": None,
         "series_description": None,
         "modality": None,
         "format": header["format"],
