@@ -499,7 +499,7 @@ class KneelPredictor:
         t0 = time.perf_counter()
         image = AffineImage.of(image)  # one kind inside, whichever came in
         pixels = image.as_tensor()
-        view_position = image.meta.get("view_position")
+        view_position = image.meta.get("view_position") or None  # the reader writes "" for "no such tag"
         if float(pixels.max()) == float(pixels.min()):  # nothing to see, not a broken file: report why
             reason = f"blank image (every pixel is {float(pixels.min()):g}): no knee"
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
@@ -507,8 +507,8 @@ class KneelPredictor:
                            {**_nothing_searched(), "best_shape_distance": None, "stage1_px": None})
         header_says = header_view(view_position) if self.scan.header_view_check else None
         if header_says is not None:  # no model can make a lateral film an AP one
-            reason = (f"the DICOM header says a {header_says} view (ViewPosition {view_position}), not an AP/PA knee view: "
-                      "no knee looked for")
+            reason = (f"the DICOM header says a {header_says} view (ViewPosition {view_position}), not an AP/PA "
+                      "knee view: no knee looked for")
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
                            {"verdict": "no_ap_knee", "knees": 0, "reason": reason, "view_position": view_position},
                            {**_nothing_searched(), "best_shape_distance": None, "stage1_px": None,

@@ -55,6 +55,7 @@ from KneelLandmarksLib import results as rn
 from KneelLandmarksLib import testing as kt
 from KneelLandmarksLib.geometry import ijk_to_ras_matrix
 from KneelLandmarksLib.runner import _running_message
+from KneelLandmarksLib.volume import dicom_view_tags, write_nrrd
 
 from kneel_monai.cohort import COHORT_COLUMNS, cohort_rows
 from kneel_monai.inference import KneelPredictor, default_model_dirs
@@ -390,6 +391,42 @@ def test_a_monochrome1_dicom_reaches_the_model_as_kneel_reads_it(tmp_path):
     request = LandmarksLogic(scene).prepare(kt.read_volume_file(scene, path))
     assert np.array_equal(request.radiograph.pixels, read_radiograph(path)[0].numpy())
     assert not request.radiograph.spacing.corrected and request.radiograph.messages == []
+
+
+def test_the_dicom_laterality_and_view_reach_the_prediction_in_process_and_through_the_nrrd(tmp_path):
+    """A DICOM's ImageLaterality and ViewPosition count in Slicer as in `kneel predict`: the in-process prediction
+    gets them in the image's metadata, the background one in the NRRD's fields, read back by kneel_monai's reader."""
+    from kneel_monai.io import read_image
+
+    predictor = KneelPredictor(*default_model_dirs(), device="cpu", refine=False)
+    sample = generate_radiograph(9_100_012, knees=("L",), spacing_mm=0.4, size=(700, 900))
+    # the knee lies on the image's right (where a left knee lies), the tag says R: the tag is believed first
+    tagged, _ = write_radiograph(sample, tmp_path, "tagged", laterality="R")
+    lateral, _ = write_radiograph(sample, tmp_path, "lateral", extra_tags={"ViewPosition": "LL"})
+    scene = vtkMRMLScene()
+    logic = LandmarksLogic(scene)
+    request = logic.prepare(kt.read_volume_file(scene, tagged), device="cpu")
+    assert request.radiograph.header_tags == {"ImageLaterality": "R", "ViewPosition": "PA"}
+    result = logic.predict_in_process(request, predictor)
+    assert result["knees"]["R"]["present"] and result["knees"]["R"]["side_source"] == "dicom_laterality"
+    assert not result["knees"]["L"]["present"] and result["view"]["view_position"] == "PA"
+    refused = logic.predict_in_process(logic.prepare(kt.read_volume_file(scene, lateral), device="cpu"), predictor)
+    assert not any(k["present"] for k in refused["knees"].values())
+    assert "ViewPosition LL" in refused["view"]["reason"]
+    # what the background process reads: the NRRD with the two tags as fields
+    nrrd = write_nrrd(request.radiograph.pixels, request.radiograph.spacing.spacing_mm, tmp_path / "r.nrrd",
+                      {"ImageLaterality": "R", "ViewPosition": "ll"})
+    meta = read_image(nrrd).meta
+    assert (meta["laterality"], meta["view_position"]) == ("R", "LL")
+    plain = read_image(write_nrrd(request.radiograph.pixels, (0.4, 0.4), tmp_path / "plain.nrrd")).meta
+    assert (plain["laterality"], plain["view_position"]) == ("", "")  # the reader's "no such tag"
+    with pytest.raises(ValueError, match="one-line"):
+        write_nrrd(request.radiograph.pixels, (0.4, 0.4), tmp_path / "bad.nrrd", {"ViewPosition": "LL\nsizes: 1"})
+    # a source file that is not this volume's image (another size) says nothing
+    other, _ = write_radiograph(generate_radiograph(9_100_013, spacing_mm=0.4, size=(600, 800)), tmp_path, "other",
+                                extra_tags={"ViewPosition": "LL"})
+    volume = kt.read_volume_file(scene, tagged)
+    assert dicom_view_tags(volume, str(other)) == {} and dicom_view_tags(volume, None) == {}
 
 
 def test_spacing_trap_found_through_the_dicom_database(tmp_path):

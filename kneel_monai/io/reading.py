@@ -709,6 +709,10 @@ def _itk_info(path: Path):
     return reader, io_name
 
 
+#: DICOM header fields a NRRD/MetaImage may carry by their DICOM keyword (what the Slicer module writes)
+_CARRIED_TAGS = ("ImageLaterality", "ViewPosition")
+
+
 def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
     import SimpleITK as sitk
 
@@ -756,6 +760,9 @@ def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
             except ValueError:
                 spacing = None
                 bad_spacing = f"the {fmt} header's pixel spacing {row_col[0]:g} × {row_col[1]:g} is not positive"
+    # a NRRD (or MetaImage) may carry the DICOM header's laterality and view as fields named after the DICOM
+    # keywords (the Slicer module writes them from the volume's source file)
+    fields = {k: reader.GetMetaData(k).strip() for k in reader.GetMetaDataKeys() if k in _CARRIED_TAGS}
     header = {
         "path": str(path),
         "format": fmt,
@@ -780,8 +787,8 @@ def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
         "pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID()),
         "modality": None,
         "patient_id": None,
-        "laterality": None,
-        "view_position": None,
+        "laterality": fields.get("ImageLaterality") or None,
+        "view_position": (fields.get("ViewPosition") or "").upper() or None,
         "series_description": None,
         "problems": problems,
         "_kept_axes": kept,
@@ -884,8 +891,8 @@ def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLi
         "photometric_interpretation": None,
         "transfer_syntax": None,
         "patient_id": None,
-        "laterality": None,
-        "view_position": None,
+        "laterality": header["laterality"],
+        "view_position": header["view_position"],
         "series_description": None,
         "modality": None,
         "format": header["format"],

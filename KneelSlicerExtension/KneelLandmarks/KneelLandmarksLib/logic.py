@@ -106,7 +106,10 @@ def radiograph_tensor(radiograph: RadiographInput):
     row, col = radiograph.spacing.spacing_mm
     affine = torch.diag(torch.tensor([row, col, 1.0], dtype=torch.float64))
     meta = {"filename_or_obj": radiograph.image_label, "pixel_spacing_mm": (row, col),
-            "spacing_source": radiograph.spacing.source}
+            "spacing_source": radiograph.spacing.source,
+            # what the source DICOM says of the view, as the reader gives it
+            "laterality": radiograph.header_tags.get("ImageLaterality"),
+            "view_position": (radiograph.header_tags.get("ViewPosition") or "").upper() or None}
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(radiograph.pixels))[None], affine=affine, meta=meta)
 
 
@@ -168,7 +171,7 @@ class LandmarksLogic:
         work_dir = PredictionJob.new_work_dir()
         try:
             image = write_nrrd(request.radiograph.pixels, request.radiograph.spacing.spacing_mm,
-                               work_dir / "radiograph.nrrd")
+                               work_dir / "radiograph.nrrd", request.radiograph.header_tags)
             out_dir = work_dir / "prediction"
             if self.warm:
                 return self._worker_for(request).submit(image, out_dir, work_dir)

@@ -25,8 +25,8 @@ import numpy as np
 from .geometry import ijk_to_ras_matrix, volume_spacing_row_col
 
 __all__ = [
-    "MIN_SIDE_PX", "KneelInputError", "RadiographInput", "SpacingCheck", "check_spacing", "find_source_file",
-    "ijk_to_ras_with_spacing", "prepare_radiograph", "radiograph_pixels", "write_nrrd",
+    "MIN_SIDE_PX", "KneelInputError", "RadiographInput", "SpacingCheck", "check_spacing", "dicom_view_tags",
+    "find_source_file", "ijk_to_ras_with_spacing", "prepare_radiograph", "radiograph_pixels", "write_nrrd",
 ]
 
 #: a radiograph narrower than this (pixels) is refused
@@ -65,6 +65,8 @@ class RadiographInput:
     spacing: SpacingCheck
     ijk_to_ras: np.ndarray  # (4, 4) with the true spacing
     messages: list[str] = field(default_factory=list)
+    #: the source DICOM's ImageLaterality / ViewPosition, by DICOM keyword (see :func:`dicom_view_tags`)
+    header_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def image_label(self) -> str:
@@ -197,6 +199,26 @@ def check_spacing(volume_node, source_file: str | None = None, field_width_mm: f
     return SpacingCheck(volume, "volume", volume, False, source_file, note)
 
 
+def dicom_view_tags(volume_node, source_file: str | None) -> dict[str, str]:
+    """What the volume's source DICOM says of its view: ``{"ImageLaterality": ..., "ViewPosition": ...}`` (the
+    tags it has). The prediction takes a lone knee's side from the first and refuses a lateral or oblique view by
+    the second, as ``kneel predict`` reading the DICOM itself does. Empty without a DICOM source file, or when the
+    file is not this volume's image (another size)."""
+    if not source_file:
+        return {}
+    from kneel_monai.io import describe_radiograph
+
+    try:
+        info = describe_radiograph(source_file)
+    except Exception:  # noqa: BLE001 — an unreadable source file says nothing (check_spacing says why)
+        return {}
+    n_i, n_j, _ = volume_node.GetImageData().GetDimensions()
+    if info.get("format") != "DICOM" or tuple(info.get("shape") or ()) != (n_j, n_i):
+        return {}
+    tags = {"ImageLaterality": info.get("laterality"), "ViewPosition": info.get("view_position")}
+    return {k: str(v).strip() for k, v in tags.items() if v is not None and str(v).strip()}
+
+
 def ijk_to_ras_with_spacing(ijk_to_ras: np.ndarray, spacing_row_col: tuple[float, float]) -> np.ndarray:
     """The same origin and directions with the pixel spacing ``(row, col)`` (the slice spacing kept)."""
     m = np.array(ijk_to_ras, dtype=np.float64)
@@ -210,24 +232,34 @@ def prepare_radiograph(volume_node, file_for_instance: Callable[[str], str] | No
                        field_width_mm: float | None = None) -> RadiographInput:
     """Check a volume node and copy out what a prediction needs (the scene is not changed)."""
     pixels = radiograph_pixels(volume_node)
-    spacing = check_spacing(volume_node, find_source_file(volume_node, file_for_instance), field_width_mm)
+    source_file = find_source_file(volume_node, file_for_instance)
+    spacing = check_spacing(volume_node, source_file, field_width_mm)
     geometry = ijk_to_ras_matrix(volume_node)
     if spacing.corrected:
         geometry = ijk_to_ras_with_spacing(geometry, spacing.spacing_mm)
     messages = [spacing.message] if spacing.message else []
-    return RadiographInput(volume_node.GetID(), _name(volume_node), pixels, spacing, geometry, messages)
+    return RadiographInput(volume_node.GetID(), _name(volume_node), pixels, spacing, geometry, messages,
+                           dicom_view_tags(volume_node, source_file))
 
 
-def write_nrrd(pixels: np.ndarray, spacing_row_col: tuple[float, float], path: str | os.PathLike) -> Path:
-    """Write ``(H, W)`` pixels as a float32 NRRD whose header carries the spacing (what ``kneel predict`` reads)."""
+def write_nrrd(pixels: np.ndarray, spacing_row_col: tuple[float, float], path: str | os.PathLike,
+               fields: dict[str, str] | None = None) -> Path:
+    """Write ``(H, W)`` pixels as a float32 NRRD whose header carries the spacing (what ``kneel predict`` reads)
+    and ``fields`` as NRRD key/value pairs (``ImageLaterality:=R``: ``kneel_monai``'s reader takes the DICOM
+    keywords ImageLaterality and ViewPosition from them)."""
     arr = np.ascontiguousarray(pixels, dtype="<f4")
     if arr.ndim != 2:
         raise ValueError(f"pixels must be (H, W), got shape {arr.shape}")
     h, w = arr.shape
     row, col = (float(v) for v in spacing_row_col)
+    pairs = ""
+    for key, value in (fields or {}).items():
+        if not key.isalnum() or not str(value).isprintable() or ":=" in str(value):
+            raise ValueError(f"a NRRD field must be an alphanumeric key and a one-line value, got {key!r}: {value!r}")
+        pairs += f"{key}:={value}\n"
     header = ("NRRD0004\n# a radiograph written by the Kneel Landmarks Slicer module\n"
               f"type: float\ndimension: 2\nsizes: {w} {h}\nspacings: {col!r} {row!r}\n"
-              "encoding: raw\nendian: little\n\n")
+              f"encoding: raw\nendian: little\n{pairs}\n")
     path = Path(path)
     with open(path, "wb") as fh:
         fh.write(header.encode("ascii"))
