@@ -46,7 +46,7 @@ from .transforms.functional import pixel_spacing
 
 __all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "partner_searched", "room_for_partner",
            "orientation_at", "distinct_knees", "off_centre_side", "SIDE_SOURCES", "KNEE_SIZE_MM", "knee_size_mm",
-           "size_zoom", "NON_AP_VIEW_POSITIONS", "header_view"]
+           "size_zoom", "NON_AP_VIEW_POSITIONS", "header_view", "mirrored_display"]
 
 #: an annotated knee's size (:func:`knee_size_mm`): the mean of the 317 knees of the real OAI crop
 #: set's training part (KNEEL annotations; sd 2.4 mm, 95 % within 21.5–30.0 mm)
@@ -67,6 +67,15 @@ def header_view(view_position: object) -> str | None:
     """``"lateral"``/``"oblique"`` when a DICOM ViewPosition says the image is not an AP/PA view, else None
     (AP, PA, an empty tag, a JPEG)."""
     return NON_AP_VIEW_POSITIONS.get(str(view_position or "").strip().upper())
+
+
+def mirrored_display(patient_orientation: object) -> bool:
+    """Whether a DICOM PatientOrientation (``R\\F``: the patient direction of increasing column first) says the
+    image is shown mirrored from the radiological convention: columns running to the patient's **right**, so the
+    patient's right knee is on the image's right. ``L`` (the convention), no tag, or a direction without R/L
+    (a lateral view's ``A``/``P``): False."""
+    first = str(patient_orientation or "").split("\\")[0].strip().upper()
+    return "R" in first and "L" not in first
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,10 @@ class ScanSettings:
         header_view_check: an image whose DICOM ViewPosition says a lateral or oblique projection
             (:data:`NON_AP_VIEW_POSITIONS`) is reported as no AP knee, with that reason, without running
             the models; ``False`` looks for knees whatever the header says (a mislabelled header).
+        follow_patient_orientation: an image whose DICOM PatientOrientation says it is shown mirrored
+            (:func:`mirrored_display`: the patient's right on the image's right) is read mirrored back to the
+            radiological convention, so that the image's left knee is still the patient's right; the
+            landmarks are given in the image's own pixels. ``False`` ignores the tag.
     """
 
     knee_shape_limit: float | None = 6.0
@@ -133,6 +146,7 @@ class ScanSettings:
     fibula_margin: float = 0.1
     centred_fraction: float = 0.15
     header_view_check: bool = True
+    follow_patient_orientation: bool = True
 
     def __post_init__(self) -> None:
         for name in ("zooms", "proposal_zooms", "zoom_range"):  # a config or JSON gives lists

@@ -28,6 +28,7 @@ from .detection import (
     grid_starts,
     header_view,
     local_starts,
+    mirrored_display,
     off_centre_side,
     orientation_at,
     partner_searched,
@@ -513,6 +514,8 @@ class KneelPredictor:
                            {"verdict": "no_ap_knee", "knees": 0, "reason": reason, "view_position": view_position},
                            {**_nothing_searched(), "best_shape_distance": None, "stage1_px": None,
                             "header_view_check": True})
+        if self.scan.follow_patient_orientation and mirrored_display(image.meta.get("patient_orientation")):
+            return self._predict_mirrored(image, path, single_knee_side)
         norm = self._normalise(image)
         work = self.working_image(norm)
         t1 = time.perf_counter()
@@ -562,6 +565,7 @@ class KneelPredictor:
                      "whole_image": bool(info["whole_image"]), "local_starts": int(info["local_starts"]),
                      "scan_starts": int(info["scan_starts"]),
                      "partner_starts": int(info["partner_starts"]), "stage1_px": info.get("stage1_px"),
+                     "mirrored_display": False,
                      # a lone knee's side from its anatomy: the fibula, each orientation's confidence
                      "side_evidence": info.get("side_evidence"),
                      "knee_shape_limit": limit,
@@ -572,6 +576,33 @@ class KneelPredictor:
         return _result(image, path, knees, view, detection,
                        {"normalise": t1 - t0, "detect": t2 - t1,
                         **({"mc_dropout": t3 - t2} if self.mc_samples else {})})
+
+    def _predict_mirrored(self, image: AffineImage, path: str, single_knee_side: str | None) -> RadiographResult:
+        """A radiograph shown mirrored (its PatientOrientation puts the patient's right on the image's right):
+        predicted on its mirror image, which is in the radiological convention, and the points given back in
+        the image's own pixels. Sides are the patient's either way; the landmark ids keep their anatomy
+        (mirroring the image mirrors the knee with it)."""
+        width = image.shape[-1]
+        meta = {k: v for k, v in image.meta.items() if k != "patient_orientation"}
+        result = self.predict_image(AffineImage(torch.flip(image.as_tensor(), dims=[-1]), image.affine, meta), path,
+                                    single_knee_side)
+
+        def back(points: Any) -> Any:
+            if points is None:
+                return None
+            out = np.array(points, dtype=np.float64)
+            out[..., 0] = (width - 1) - out[..., 0]
+            return out
+
+        for knee in result.knees.values():
+            if knee.present:
+                knee.landmarks_px, knee.centre_px = back(knee.landmarks_px), back(knee.centre_px)
+                knee.landmarks_mm = points_to_mm(knee.landmarks_px, image.affine)
+        stage1 = result.detection.get("stage1_px")
+        if stage1:
+            result.detection["stage1_px"] = {s: [round(float(back(xy)[0]), 1), xy[1]] for s, xy in stage1.items()}
+        result.detection["mirrored_display"] = True
+        return result
 
     def predict_file(self, path: str | os.PathLike, spacing_mm: float | tuple[float, float] | None = None,
                      single_knee_side: str | None = None) -> RadiographResult:

@@ -21,6 +21,7 @@ from kneel_monai.detection import (
     header_view,
     knee_size_mm,
     local_starts,
+    mirrored_display,
     off_centre_side,
     partner_searched,
     room_for_partner,
@@ -390,3 +391,38 @@ def test_a_dicom_header_that_says_lateral_or_oblique_is_no_ap_knee_without_runni
     assert all(k.present for k in anyway.knees.values()) and anyway.view["view_position"] == "LL"
     for side in ("R", "L"):
         assert np.allclose(anyway.knees[side].landmarks_px, found.knees[side].landmarks_px)
+
+
+def test_a_mirrored_display_is_read_back_to_the_radiological_convention(predictor, tmp_path):
+    """PatientOrientation R\\F: columns run to the patient's right, so the patient's right knee is on the image's
+    right. The sample mirrored and tagged so gives each knee on the patient's side, at its mirrored pixels."""
+    assert mirrored_display("R\\F") and mirrored_display("RA\\F")
+    assert not mirrored_display("L\\F") and not mirrored_display(None) and not mirrored_display("A\\F")
+    sample = read_radiograph(SAMPLE_DCM)
+    pixels = np.asarray(sample[0].numpy(), dtype=np.uint16)
+    spacing = tuple(float(v) for v in pixel_spacing(sample.affine))
+    width = pixels.shape[1]
+    original = predictor.predict_file(SAMPLE_DCM)
+    mirrored = write_dicom(tmp_path / "mirrored.dcm", pixels[:, ::-1], spacing,
+                           extra_tags={"PatientOrientation": ["R", "F"]})
+    assert describe_radiograph(mirrored)["patient_orientation"] == "R\\F"
+    result = predictor.predict_file(mirrored)
+    assert result.detection["mirrored_display"] and not original.detection["mirrored_display"]
+    for side in ("R", "L"):
+        knee, before = result.knees[side], original.knees[side]
+        assert knee.present and knee.side_source == "image_position"
+        # the patient's right knee is now on the image's right, each landmark at its mirrored pixel
+        expected = before.landmarks_px * [-1, 1] + [width - 1, 0]
+        assert np.abs(knee.landmarks_px - expected).max() < 0.5, side
+        assert np.allclose(knee.landmarks_mm, knee.landmarks_px * spacing[::-1])
+        assert knee.measurements == pytest.approx(before.measurements, abs=0.05)
+    assert result.knees["R"].landmarks_px[:, 0].mean() > width / 2
+    # the same pixels without the tag (or with the tag ignored): the image's left knee is taken for the right one
+    untagged = write_dicom(tmp_path / "untagged.dcm", pixels[:, ::-1], spacing)
+    for ignored in (predictor.predict_file(untagged),
+                    KneelPredictor(predictor.roi, predictor.landmarks, device="cpu",
+                                   scan=ScanSettings(follow_patient_orientation=False)).predict_file(mirrored)):
+        assert not ignored.detection["mirrored_display"]
+        assert ignored.knees["R"].landmarks_px[:, 0].mean() < width / 2
+        # the same knee (the two are hundreds of pixels apart), run as the other side's
+        assert np.abs(ignored.knees["R"].landmarks_px[4] - result.knees["L"].landmarks_px[4]).max() < 5

@@ -406,7 +406,8 @@ def test_the_dicom_laterality_and_view_reach_the_prediction_in_process_and_throu
     scene = vtkMRMLScene()
     logic = LandmarksLogic(scene)
     request = logic.prepare(kt.read_volume_file(scene, tagged), device="cpu")
-    assert request.radiograph.header_tags == {"ImageLaterality": "R", "ViewPosition": "PA"}
+    assert request.radiograph.header_tags == {"ImageLaterality": "R", "ViewPosition": "PA",
+                                              "PatientOrientation": "L\\F"}
     result = logic.predict_in_process(request, predictor)
     assert result["knees"]["R"]["present"] and result["knees"]["R"]["side_source"] == "dicom_laterality"
     assert not result["knees"]["L"]["present"] and result["view"]["view_position"] == "PA"

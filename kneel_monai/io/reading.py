@@ -286,6 +286,16 @@ def _tag_text(ds, keyword: str) -> str | None:
     return str(value).strip() or None
 
 
+def _patient_orientation(ds) -> str | None:
+    """PatientOrientation as DICOM writes it (``L\\F``: the patient direction of increasing column, then row)."""
+    value = ds.get("PatientOrientation", None)
+    if value is None or value == "":
+        return None
+    values = [value] if isinstance(value, str) else list(value)
+    parts = [part.strip().upper() for v in values for part in str(v).split("\\")]
+    return "\\".join(parts) if any(parts) else None
+
+
 def _int_tag(ds, keyword: str, default: int) -> int:
     value = ds.get(keyword, None)
     if value is None or value == "":
@@ -396,6 +406,7 @@ def _dicom_header(path: Path, ds) -> dict[str, Any]:
     spacing, spacing_tag, spacing_notes = _dicom_spacing(ds)
     laterality = _tag_text(ds, "ImageLaterality") or _tag_text(ds, "Laterality")
     view_position = (_tag_text(ds, "ViewPosition") or "").strip().upper() or None
+    orientation = _patient_orientation(ds)
     has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
     decoders = _decoders_for(ts) if has_pixels else []
 
@@ -450,6 +461,7 @@ def _dicom_header(path: Path, ds) -> dict[str, Any]:
         "patient_id": _tag_text(ds, "PatientID"),
         "laterality": laterality,
         "view_position": view_position,
+        "patient_orientation": orientation,
         "series_description": _tag_text(ds, "SeriesDescription"),
         "problems": problems,
     }
@@ -640,6 +652,7 @@ def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None,
         "patient_id": header["patient_id"],
         "laterality": header["laterality"],
         "view_position": header["view_position"],
+        "patient_orientation": header["patient_orientation"],
         "series_description": header["series_description"],
         "modality": header["modality"],
         "format": "DICOM",
@@ -710,7 +723,7 @@ def _itk_info(path: Path):
 
 
 #: DICOM header fields a NRRD/MetaImage may carry by their DICOM keyword (what the Slicer module writes)
-_CARRIED_TAGS = ("ImageLaterality", "ViewPosition")
+_CARRIED_TAGS = ("ImageLaterality", "ViewPosition", "PatientOrientation")
 
 
 def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
@@ -789,6 +802,7 @@ def _itk_header(path: Path) -> tuple[dict[str, Any], Any]:
         "patient_id": None,
         "laterality": fields.get("ImageLaterality") or None,
         "view_position": (fields.get("ViewPosition") or "").upper() or None,
+        "patient_orientation": (fields.get("PatientOrientation") or "").upper() or None,
         "series_description": None,
         "problems": problems,
         "_kept_axes": kept,
@@ -893,6 +907,7 @@ def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLi
         "patient_id": None,
         "laterality": header["laterality"],
         "view_position": header["view_position"],
+        "patient_orientation": header["patient_orientation"],
         "series_description": None,
         "modality": None,
         "format": header["format"],

@@ -109,7 +109,8 @@ def radiograph_tensor(radiograph: RadiographInput):
             "spacing_source": radiograph.spacing.source,
             # what the source DICOM says of the view, as the reader gives it
             "laterality": radiograph.header_tags.get("ImageLaterality"),
-            "view_position": (radiograph.header_tags.get("ViewPosition") or "").upper() or None}
+            "view_position": (radiograph.header_tags.get("ViewPosition") or "").upper() or None,
+            "patient_orientation": radiograph.header_tags.get("PatientOrientation")}
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(radiograph.pixels))[None], affine=affine, meta=meta)
 
 

@@ -65,7 +65,8 @@ class RadiographInput:
     spacing: SpacingCheck
     ijk_to_ras: np.ndarray  # (4, 4) with the true spacing
     messages: list[str] = field(default_factory=list)
-    #: the source DICOM's ImageLaterality / ViewPosition, by DICOM keyword (see :func:`dicom_view_tags`)
+    #: the source DICOM's ImageLaterality / ViewPosition / PatientOrientation, by DICOM keyword
+    #: (see :func:`dicom_view_tags`)
     header_tags: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -200,10 +201,11 @@ def check_spacing(volume_node, source_file: str | None = None, field_width_mm: f
 
 
 def dicom_view_tags(volume_node, source_file: str | None) -> dict[str, str]:
-    """What the volume's source DICOM says of its view: ``{"ImageLaterality": ..., "ViewPosition": ...}`` (the
-    tags it has). The prediction takes a lone knee's side from the first and refuses a lateral or oblique view by
-    the second, as ``kneel predict`` reading the DICOM itself does. Empty without a DICOM source file, or when the
-    file is not this volume's image (another size)."""
+    """What the volume's source DICOM says of its view: ``{"ImageLaterality": ..., "ViewPosition": ...,
+    "PatientOrientation": ...}`` (the tags it has). The prediction takes a lone knee's side from the first,
+    refuses a lateral or oblique view by the second and reads a mirrored display back to the radiological
+    convention by the third, as ``kneel predict`` reading the DICOM itself does. Empty without a DICOM source
+    file, or when the file is not this volume's image (another size)."""
     if not source_file:
         return {}
     from kneel_monai.io import describe_radiograph
@@ -215,7 +217,8 @@ def dicom_view_tags(volume_node, source_file: str | None) -> dict[str, str]:
     n_i, n_j, _ = volume_node.GetImageData().GetDimensions()
     if info.get("format") != "DICOM" or tuple(info.get("shape") or ()) != (n_j, n_i):
         return {}
-    tags = {"ImageLaterality": info.get("laterality"), "ViewPosition": info.get("view_position")}
+    tags = {"ImageLaterality": info.get("laterality"), "ViewPosition": info.get("view_position"),
+            "PatientOrientation": info.get("patient_orientation")}
     return {k: str(v).strip() for k, v in tags.items() if v is not None and str(v).strip()}
 
 
