@@ -116,7 +116,8 @@ def _cmd_info(ns: argparse.Namespace) -> int:
             continue
         print(path)
         for key in ("format", "shape", "pixel_spacing_mm", "spacing_source", "photometric_interpretation",
-                    "transfer_syntax", "bits_stored", "modality", "patient_id", "laterality", "view_position"):
+                    "transfer_syntax", "bits_stored", "modality", "patient_id", "laterality", "view_position",
+                    "patient_orientation"):
             if info.get(key) is not None:
                 print(f"  {key:<27} {info[key]}")
         for problem in info.get("problems", []):
