@@ -550,6 +550,20 @@ def test_the_warm_process_serves_radiograph_after_radiograph(predicted, warm):
                                predicted["prediction"]["knees"][side]["landmarks_px"], atol=1e-3)
 
 
+def test_the_warm_process_is_handed_the_dicom_view(predicted, warm, tmp_path):
+    """The background process reads the NRRD the module writes: the DICOM's ViewPosition goes with it."""
+    sample = generate_radiograph(9_100_014, spacing_mm=0.4, size=(700, 900))
+    lateral, _ = write_radiograph(sample, tmp_path, "lateral", extra_tags={"ViewPosition": "LL"})
+    scene = vtkMRMLScene()
+    request = warm.prepare(kt.read_volume_file(scene, lateral), device="cpu")
+    job = warm.start_prediction(request)
+    status = job.wait(timeout=240)
+    assert status.state == DONE, status.message
+    prediction = job.result()
+    assert not any(k["present"] for k in prediction["knees"].values())
+    assert prediction["view"]["view_position"] == "LL" and "ViewPosition LL" in prediction["view"]["reason"]
+
+
 def test_a_failing_radiograph_leaves_the_warm_process_usable(predicted, warm, tmp_path):
     worker = warm._worker_for(predicted["request"])
     bad = tmp_path / "bad"
