@@ -148,7 +148,7 @@ MUTANTS = [
     Mutant("side_found_answer_competes", "kneel_monai/inference.py",
            "        confidence = {s: a.mean_confidence for s, a in again.items()}",
            "        confidence = {s: a.mean_confidence for s, a in best.items()}",
-           ("tests/test_detection.py::test_a_centred_knee_gets_its_side_from_the_tag_then_the_anatomy_then_the_user",),
+           ("tests/test_detection.py::test_a_lone_knee_s_side_compares_both_orientations_run_alike",),
            "the found answer (best of many starts) against one run of the other orientation, as in 0.4.3"),
     Mutant("header_view_ignored", "kneel_monai/inference.py",
            "        if header_says is not None:  # no model can make a lateral film an AP one",
