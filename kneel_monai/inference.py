@@ -484,10 +484,16 @@ class KneelPredictor:
             return user_side, "user", best[user_side], decision
         return decision.side, "anatomy_uncertain", best[decision.side], decision
 
+    def _assess(self, knee: Candidate, affine: Any, spread_mm: np.ndarray | None = None
+                ) -> tuple[dict[str, float], str, list[str]]:
+        """``(measurements, quality, reasons)`` of a knee whose landmarks are pixels of an image with ``affine``."""
+        measured = knee_measurements(points_to_mm(knee.landmarks_px, affine))
+        quality, reasons = assess_knee(knee.confidence, measured, spread_mm, self.quality, knee.shape_distance)
+        return measured, quality, reasons
+
     def _landmarks_ok(self, work: Image, knee: Candidate) -> bool:
         """Whether a knee's landmarks pass the quality check (before any MC-dropout spread is known)."""
-        measured = knee_measurements(points_to_mm(knee.landmarks_px, work.affine))
-        return assess_knee(knee.confidence, measured, None, self.quality, knee.shape_distance)[0] == "ok"
+        return self._assess(knee, work.affine)[1] == "ok"
 
     def predict_image(self, image: Image, path: str = "", single_knee_side: str | None = None) -> RadiographResult:
         """The knees of a radiograph already read (``read_radiograph``'s ``MetaTensor``, or ``read_image``'s
@@ -545,8 +551,7 @@ class KneelPredictor:
                 continue
             pts = points_between(k.landmarks_px, work.affine, image.affine)
             mm = points_to_mm(pts, image.affine)
-            measured = knee_measurements(mm)
-            quality, reasons = assess_knee(k.confidence, measured, spread.get(side), self.quality, k.shape_distance)
+            measured, quality, reasons = self._assess(k, work.affine, spread.get(side))
             if sources[side] == "anatomy_uncertain":
                 quality = "check"
                 why = (info.get("side_evidence") or {}).get("why") or "the anatomy does not say left or right"
