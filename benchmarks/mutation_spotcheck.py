@@ -125,7 +125,7 @@ MUTANTS = [
            "import torch\nfrom monai.data import MetaTensor  # noqa: F401\n\nfrom .image import image_like\n",
            ("tests/test_lean_inference.py::test_predict_and_worker_do_not_import_monai",),
            "a MONAI import back on the inference path (cold start +2 s)"),
-    Mutant("field_over_rows", "kneel_monai/io/reading.py", 'return self.width_mm / cols, "field_width"',
+    Mutant("field_over_rows", "kneel_monai/io/reading.py", 'return self.width_mm / columns, "field_width"',
            'return self.width_mm / rows, "field_width"',
            ("tests/test_predict.py::test_field_size_gives_each_export_its_own_spacing",),
            "an export's spacing from the field's width over its rows"),
