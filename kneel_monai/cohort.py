@@ -87,11 +87,7 @@ class _RadiographReader:
         t0 = time.perf_counter()
         try:
             # a CSV row's own spacing is the more specific one; the field size only serves files without one
-            spacing = self.per_file[index] or self.spacing_mm
-            from_field = self.field.spacing_of(path) if spacing is None and self.field is not None else None
-            image = read_image(path, from_field[0] if from_field else spacing, self.limits)
-            if from_field:
-                image.meta["spacing_source"] = from_field[1]
+            image = read_image(path, self.per_file[index] or self.spacing_mm, self.limits, self.field)
         except Exception as err:  # noqa: BLE001 — reported per file, the batch goes on
             return {"index": index, "error": _message(path, err)}
         return {"index": index, "image": image, "read_s": time.perf_counter() - t0}

@@ -395,6 +395,34 @@ def test_header_formats_carry_their_spacing(tmp_path, suffix, fmt):
     assert read_radiograph(path, spacing_mm=0.3).meta["spacing_source"] == "user"
 
 
+def test_a_field_size_gives_a_file_without_a_spacing_its_own(tmp_path):
+    """The reader's one spacing rule, for DICOM and the other formats alike: the caller's spacing, else the file's,
+    else the field over the file's pixels, else refused."""
+    from PIL import Image
+
+    from kneel_monai.io.reading import FieldSize, read_image
+    from kneel_monai.transforms.functional import pixel_spacing
+
+    px = np.random.default_rng(5).integers(0, 4096, (30, 40)).astype("<u2")
+    bare = write_dicom(tmp_path / "bare.dcm", px, (0.2, 0.2), spacing_tag=None)
+    own = write_dicom(tmp_path / "own.dcm", px, (0.25, 0.25))
+    png = tmp_path / "export.png"
+    Image.fromarray((px // 16).astype(np.uint8)).save(png)
+    width, height = FieldSize(width_mm=80.0), FieldSize(height_mm=90.0)
+    for path in (bare, png):
+        with pytest.raises(RadiographReadError, match="no pixel spacing"):
+            read_image(path)
+        by_width = read_image(path, field=width)
+        assert by_width.meta["pixel_spacing_mm"] == (2.0, 2.0) and by_width.meta["spacing_source"] == "field_width"
+        by_height = read_image(path, field=height)
+        assert by_height.meta["pixel_spacing_mm"] == (3.0, 3.0) and by_height.meta["spacing_source"] == "field_height"
+        assert np.allclose(pixel_spacing(by_width.affine), (2.0, 2.0))
+        given = read_image(path, 0.5, field=width)  # the caller's spacing wins
+        assert given.meta["pixel_spacing_mm"] == (0.5, 0.5) and given.meta["spacing_source"] == "user"
+    kept = read_image(own, field=width)  # a file's own spacing wins over the field
+    assert kept.meta["pixel_spacing_mm"] == (0.25, 0.25) and kept.meta["spacing_source"] == "ImagerPixelSpacing"
+
+
 def test_header_formats_without_spacing_fields_need_spacing(tmp_path):
     arr = np.random.default_rng(4).integers(0, 4096, (30, 40)).astype("<u2")
     nrrd = tmp_path / "nospace.nrrd"

@@ -111,17 +111,29 @@ class FieldSize:
             raise ValueError("give the field's width or its height (one of them), in mm between 10 and 2000; got "
                              f"width {self.width_mm}, height {self.height_mm}")
 
-    def spacing_of(self, path: str | os.PathLike) -> tuple[float, str] | None:
-        """``(spacing mm, spacing source)`` for a file without a spacing of its own, from its header (nothing
-        is decoded); ``None`` when the file has one."""
-        info = describe_radiograph(path)
-        return None if info["pixel_spacing_mm"] is not None else self.spacing_for(*info["shape"])
-
     def spacing_for(self, rows: int, columns: int) -> tuple[float, str]:
         """``(spacing mm, spacing source)`` of an image of ``rows`` × ``columns`` pixels filling the field."""
         if self.width_mm is not None:
             return self.width_mm / columns, "field_width"
         return self.height_mm / rows, "field_height"  # type: ignore[operator]
+
+
+def _spacing_to_use(path: Path, header: dict[str, Any], spacing_mm: tuple[float, float] | None,
+                    field: FieldSize | None) -> tuple[tuple[float, float], str]:
+    """``(spacing, spacing source)`` of a file: the caller's, else the file's own, else the field's over the
+    file's pixels; a file with none of them is refused (the same rule for DICOM and the other formats)."""
+    if spacing_mm is not None:
+        return spacing_mm, "user"
+    if header["pixel_spacing_mm"] is not None:
+        for note in header["spacing_notes"]:
+            warnings.warn(f"{path}: {note}; using {header['spacing_source']}", stacklevel=4)
+        return header["pixel_spacing_mm"], header["spacing_source"]
+    if field is not None:
+        spacing, source = field.spacing_for(*header["shape"])
+        return (spacing, spacing), source
+    detail = "; ".join(header["spacing_notes"]) or "ImagerPixelSpacing/PixelSpacing absent"
+    raise RadiographReadError(path, f"no pixel spacing ({detail}); pass spacing_mm")
+
 
 #: DICOM spacing attributes, in the order they are tried (the original release's order)
 DICOM_SPACING_TAGS = ("ImagerPixelSpacing", "PixelSpacing")
@@ -582,7 +594,7 @@ def _native_pixel_bytes(path: Path, ds, header: dict[str, Any]) -> None:
 
 
 def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None,
-                limits: ReadLimits | None = None) -> AffineImage:
+                limits: ReadLimits | None = None, field: FieldSize | None = None) -> AffineImage:
     limits = limits or ReadLimits()
     _check_inflated_size(path, limits)
     ds = _read_dicom_dataset(path, force)
@@ -599,15 +611,7 @@ def _read_dicom(path: Path, force: bool, spacing_mm: tuple[float, float] | None,
     if problems:
         raise RadiographReadError(path, problems[0])
 
-    if spacing_mm is not None:
-        spacing, source = spacing_mm, "user"
-    elif header["pixel_spacing_mm"] is not None:
-        spacing, source = header["pixel_spacing_mm"], header["spacing_source"]
-        for note in header["spacing_notes"]:
-            warnings.warn(f"{path}: {note}; using {source}", stacklevel=3)
-    else:
-        detail = "; ".join(header["spacing_notes"]) or "ImagerPixelSpacing/PixelSpacing absent"
-        raise RadiographReadError(path, f"no pixel spacing ({detail}); pass spacing_mm")
+    spacing, source = _spacing_to_use(path, header, spacing_mm, field)
     limits.check_pixels(path, header["shape"], header["samples_per_pixel"])
     limits.check_geometry(path, header["shape"], spacing)
     _native_pixel_bytes(path, ds, header)
@@ -864,7 +868,8 @@ def _regular_data_files(path: Path) -> None:
                                             "not read")
 
 
-def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLimits | None = None) -> AffineImage:
+def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLimits | None = None,
+              field: FieldSize | None = None) -> AffineImage:
     import SimpleITK as sitk
 
     _regular_data_files(path)
@@ -886,14 +891,7 @@ def _read_itk(path: Path, spacing_mm: tuple[float, float] | None, limits: ReadLi
     if header["samples_per_pixel"] > 1:  # a colour image is refused as such, before any spacing question
         arr = pixels()
         arr, stored_as = grey_from_colour(arr.reshape(arr.shape[kept[0]], arr.shape[kept[1]], arr.shape[-1]), path)
-    if spacing_mm is not None:
-        spacing, source = spacing_mm, "user"
-    elif header["pixel_spacing_mm"] is not None:
-        spacing, source = header["pixel_spacing_mm"], "header"
-    else:
-        raise RadiographReadError(
-            path, f"no pixel spacing ({header['spacing_notes'][0]}); pass spacing_mm"
-        )
+    spacing, source = _spacing_to_use(path, header, spacing_mm, field)
     limits.check_geometry(path, header["shape"], spacing)
     if arr is None:
         arr = pixels()
@@ -974,17 +972,19 @@ def read_radiograph(path: str | os.PathLike, spacing_mm: SpacingLike = None, lim
     return read_image(path, spacing_mm, limits).to_metatensor()
 
 
-def read_image(path: str | os.PathLike, spacing_mm: SpacingLike = None, limits: ReadLimits | None = None
-               ) -> AffineImage:
+def read_image(path: str | os.PathLike, spacing_mm: SpacingLike = None, limits: ReadLimits | None = None,
+               field: FieldSize | None = None) -> AffineImage:
     """:func:`read_radiograph` without MONAI: the same pixels, affine and metadata as an
-    :class:`~kneel_monai.image.AffineImage` (what ``kneel predict`` reads with; see :mod:`kneel_monai.image`)."""
+    :class:`~kneel_monai.image.AffineImage` (what ``kneel predict`` reads with; see :mod:`kneel_monai.image`).
+    ``field``: for a file without a spacing (of its own or ``spacing_mm``), the imaged field's size gives it
+    one (:class:`FieldSize`; ``spacing_source`` ``field_width``/``field_height``)."""
     spacing = _as_spacing(spacing_mm)
     path = Path(os.fspath(path))
     _check_file(path)
     is_dicom, has_preamble = _sniff_dicom(path)
     if is_dicom:
-        return _read_dicom(path, force=not has_preamble, spacing_mm=spacing, limits=limits)
-    return _read_itk(path, spacing, limits)
+        return _read_dicom(path, force=not has_preamble, spacing_mm=spacing, limits=limits, field=field)
+    return _read_itk(path, spacing, limits, field)
 
 
 def describe_radiograph(path: str | os.PathLike) -> dict[str, Any]:
