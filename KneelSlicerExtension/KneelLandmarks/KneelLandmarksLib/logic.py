@@ -107,9 +107,9 @@ def radiograph_tensor(radiograph: RadiographInput):
     affine = torch.diag(torch.tensor([row, col, 1.0], dtype=torch.float64))
     meta = {"filename_or_obj": radiograph.image_label, "pixel_spacing_mm": (row, col),
             "spacing_source": radiograph.spacing.source,
-            # what the source DICOM says of the view, as the reader gives it
+            # what the source DICOM says of the view, as the reader gives it (describe_radiograph's values)
             "laterality": radiograph.header_tags.get("ImageLaterality"),
-            "view_position": (radiograph.header_tags.get("ViewPosition") or "").upper() or None,
+            "view_position": radiograph.header_tags.get("ViewPosition"),
             "patient_orientation": radiograph.header_tags.get("PatientOrientation")}
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(radiograph.pixels))[None], affine=affine, meta=meta)
 

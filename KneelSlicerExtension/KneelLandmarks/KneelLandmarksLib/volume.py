@@ -144,6 +144,12 @@ def _same(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return all(math.isclose(x, y, rel_tol=_SPACING_RTOL) for x, y in zip(a, b))
 
 
+def _is_this_volume(info: dict, volume_node) -> bool:
+    """Whether a source file's header (``describe_radiograph``) is of this volume's image: the same rows × columns."""
+    n_i, n_j, _ = volume_node.GetImageData().GetDimensions()
+    return tuple(info.get("shape") or ()) == (n_j, n_i)
+
+
 def check_spacing(volume_node, source_file: str | None = None, field_width_mm: float | None = None) -> SpacingCheck:
     """The true pixel spacing of the volume's radiograph (see the module docstring).
 
@@ -172,7 +178,7 @@ def check_spacing(volume_node, source_file: str | None = None, field_width_mm: f
         if info is not None and info.get("format") == "DICOM":
             n_i, n_j, _ = volume_node.GetImageData().GetDimensions()
             true, source = info.get("pixel_spacing_mm"), info.get("spacing_source")
-            if tuple(info.get("shape") or ()) != (n_j, n_i):
+            if not _is_this_volume(info, volume_node):
                 note = (f"The DICOM file {Path(source_file).name} is {info.get('shape')} pixels but the volume "
                         f"{n_j} × {n_i}: its spacing tags were not used.")
             elif true is None:
@@ -214,8 +220,7 @@ def dicom_view_tags(volume_node, source_file: str | None) -> dict[str, str]:
         info = describe_radiograph(source_file)
     except Exception:  # noqa: BLE001 — an unreadable source file says nothing (check_spacing says why)
         return {}
-    n_i, n_j, _ = volume_node.GetImageData().GetDimensions()
-    if info.get("format") != "DICOM" or tuple(info.get("shape") or ()) != (n_j, n_i):
+    if info.get("format") != "DICOM" or not _is_this_volume(info, volume_node):
         return {}
     tags = {"ImageLaterality": info.get("laterality"), "ViewPosition": info.get("view_position"),
             "PatientOrientation": info.get("patient_orientation")}
@@ -249,7 +254,7 @@ def write_nrrd(pixels: np.ndarray, spacing_row_col: tuple[float, float], path: s
                fields: dict[str, str] | None = None) -> Path:
     """Write ``(H, W)`` pixels as a float32 NRRD whose header carries the spacing (what ``kneel predict`` reads)
     and ``fields`` as NRRD key/value pairs (``ImageLaterality:=R``: ``kneel_monai``'s reader takes the DICOM
-    keywords ImageLaterality and ViewPosition from them)."""
+    keywords ImageLaterality, ViewPosition and PatientOrientation from them)."""
     arr = np.ascontiguousarray(pixels, dtype="<f4")
     if arr.ndim != 2:
         raise ValueError(f"pixels must be (H, W), got shape {arr.shape}")
