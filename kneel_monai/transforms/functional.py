@@ -26,6 +26,7 @@ __all__ = ["pixel_spacing", "roi_size_px", "resample_to_spacing", "roi_affine", 
            "split_halves", "pad_and_centre_crop", "percentile_normalise", "local_contrast", "percentile_limits",
            "roi_percentile_limits", "check_percentiles", "local_contrast_settings", "check_clahe"]
 
+
 def _checked(img: Any, name: str) -> Any:
     if not carries_affine(img):
         raise ValueError(f"{name} needs a MetaTensor (C, H, W) carrying its affine, got {type(img).__name__}")
