@@ -347,9 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--no-refine", action="store_true", help="skip the refinement pass")
     work.set_defaults(func=_cmd_worker)
 
-    from .synthetic.cli import add_synth_parser  # `kneel synth` lives with the generator
+    from .synthetic.cli import add_synth_parser, add_synth_stage1_parser  # they live with the generator
 
     add_synth_parser(sub)
+    add_synth_stage1_parser(sub)
     return parser
 
 

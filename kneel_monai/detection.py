@@ -45,8 +45,8 @@ from .landmarks import KNEE_CENTRE_ID
 from .transforms.functional import pixel_spacing
 
 __all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "partner_searched", "room_for_partner",
-           "orientation_at", "distinct_knees", "off_centre_side", "SIDE_SOURCES", "KNEE_SIZE_MM", "knee_size_mm",
-           "size_zoom", "NON_AP_VIEW_POSITIONS", "header_view", "mirrored_display"]
+           "near_misses", "orientation_at", "distinct_knees", "off_centre_side", "SIDE_SOURCES", "KNEE_SIZE_MM",
+           "knee_size_mm", "size_zoom", "NON_AP_VIEW_POSITIONS", "header_view", "mirrored_display"]
 
 #: an annotated knee's size (:func:`knee_size_mm`): the mean of the 317 knees of the real OAI crop
 #: set's training part (KNEEL annotations; sd 2.4 mm, 95 % within 21.5–30.0 mm)
@@ -119,6 +119,14 @@ class ScanSettings:
             bilateral standing films — hence position before anatomy for off-centre knees.
         centred_fraction: a lone knee whose centre is more than this fraction of the image width
             from the middle is one knee of a bilateral film: its side is where it lies.
+        near_miss_margin: an answer whose shape distance lies above ``knee_shape_limit`` by at most this much
+            (:func:`near_misses`) is tried again from its centre at every zoom of ``zooms`` and
+            ``proposal_zooms`` before anything is believed: the severe-OA knees of the development films lie
+            at 5.3–6 at their best zoom and 6.3–6.6 at a neighbouring one, while no lateral view, foot or
+            long-leg film gave any answer below 7.8. 0 switches it off.
+        fallback_roi: when the ROI model's proposals (halves, then the whole image) give no knee, and its model
+            file names a fallback ROI model (``model_io``), that model's proposals are tried the same way
+            before the local search and the scan. ``False`` uses the first model only.
         header_view_check: an image whose DICOM ViewPosition says a lateral or oblique projection
             (:data:`NON_AP_VIEW_POSITIONS`) is reported as no AP knee, with that reason, without running
             the models; ``False`` looks for knees whatever the header says (a mislabelled header).
@@ -145,6 +153,8 @@ class ScanSettings:
     side_margin: float = 0.0
     fibula_margin: float = 0.1
     centred_fraction: float = 0.15
+    near_miss_margin: float = 1.5
+    fallback_roi: bool = True
     header_view_check: bool = True
     follow_patient_orientation: bool = True
 
@@ -164,6 +174,8 @@ class ScanSettings:
         if not (0 < low <= 1 <= high) or self.size_rounds < 0 or not self.other_knee_stride_mm > 0:
             raise ValueError("zoom_range must hold 1 (0 < low <= 1 <= high), size_rounds >= 0, "
                              "other_knee_stride_mm > 0")
+        if not self.near_miss_margin >= 0:
+            raise ValueError(f"near_miss_margin must be >= 0 (0 switches the sweep off), got {self.near_miss_margin}")
         if not self.partner_room >= 0:
             raise ValueError(f"partner_room must be >= 0 (plateau widths; 0 always scans), got {self.partner_room}")
         if not (self.local_stride_mm > 0 and isinstance(self.local_steps, int) and self.local_steps >= 0):
@@ -285,3 +297,23 @@ def distinct_knees(candidates: Sequence[Candidate], mm_per_px: float, same_knee_
         if all(np.linalg.norm(c.centre - k.centre) * mm_per_px >= same_knee_mm for k in kept):
             kept.append(c)
     return kept
+
+
+def near_misses(candidates: Sequence[Candidate], limit: float | None, margin: float, swept: Sequence[Candidate],
+                mm_per_px: float, same_place_mm: float = 20.0) -> list[Candidate]:
+    """Answers just beyond the knee-shape ``limit`` (``limit < distance <= limit + margin``), most knee-like
+    first, one per place (centres ``same_place_mm`` apart) and orientation, none where an answer of ``swept``
+    already was. A real knee's answer at a zoom that shows it too small or too large lands there; the
+    non-knee views' most knee-like answers lie further out (docs/real_knees.md)."""
+    if limit is None or margin <= 0:
+        return []
+
+    def seen(c: Candidate, kept: Sequence[Candidate]) -> bool:
+        return any(k.orientation == c.orientation and np.linalg.norm(c.centre - k.centre) * mm_per_px < same_place_mm
+                   for k in kept)
+
+    out: list[Candidate] = []
+    for c in sorted(candidates, key=lambda c: c.shape_distance):
+        if limit < c.shape_distance <= limit + margin and not seen(c, swept) and not seen(c, out):
+            out.append(c)
+    return out

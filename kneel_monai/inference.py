@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from .detection import (
     header_view,
     local_starts,
     mirrored_display,
+    near_misses,
     off_centre_side,
     orientation_at,
     partner_searched,
@@ -92,6 +94,15 @@ def heatmap_confidence(heatmaps: torch.Tensor, coords: torch.Tensor, beta: float
     return (prob * window).sum(dim=(-2, -1)).clamp(0, 1)
 
 
+@dataclass
+class Stage1Model:
+    """An ROI model ready to run: its (prepared) networks and its input's equalisation, if its file asks for one."""
+
+    model: KneelModel
+    nets: list
+    local_contrast: Callable | None
+
+
 class KneelPredictor:
     """Two-stage landmark localisation with refinement, on any radiograph the reader accepts.
 
@@ -137,7 +148,6 @@ class KneelPredictor:
         self.refine, self.min_confidence = refine, float(min_confidence)
         prep = (lambda n: prepare_for_inference(n).to(self.device)) if fast else (lambda n: n.to(self.device).eval())
         used = slice(None) if ensemble else slice(0, 1)
-        self._roi_nets = [prep(n) for n in self.roi.networks[used]]
         self._lm_nets = [prep(n) for n in self.landmarks.networks[used]]
         lp = self.landmarks.preprocessing
         # each step as the models' model.json declare it (the functions the training chains' transforms call)
@@ -146,11 +156,12 @@ class KneelPredictor:
                                  spacing_mm=spacing)
         # the [0, 1] scaling both models were trained with
         self.intensity_percentiles = KF.percentile_limits(lp.get("intensity"))
-        roi_percentiles = KF.percentile_limits(self.roi.preprocessing.get("intensity"))
-        if roi_percentiles != self.intensity_percentiles:
-            raise ValueError(f"the ROI model scales intensities to percentiles {roi_percentiles} but the landmark "
-                             f"model to {self.intensity_percentiles}; one radiograph is normalised once for both "
-                             "stages")
+        for roi in (self.roi, self.roi.fallback):
+            roi_percentiles = None if roi is None else KF.percentile_limits(roi.preprocessing.get("intensity"))
+            if roi is not None and roi_percentiles != self.intensity_percentiles:
+                raise ValueError(f"the ROI model {roi.path or ''} scales intensities to percentiles {roi_percentiles} "
+                                 f"but the landmark model to {self.intensity_percentiles}; one radiograph is "
+                                 "normalised once for both stages")
         lower, upper = self.intensity_percentiles
         self._normalise = partial(KF.percentile_normalise, lower=lower, upper=upper)
         # each knee ROI to its own percentiles too (intensity region "roi"); a ROI may be all background
@@ -158,7 +169,14 @@ class KneelPredictor:
         self._roi_scaling = (None if roi_limits is None else partial(
             KF.percentile_normalise, lower=roi_limits[0], upper=roi_limits[1], constant_ok=True))
         self._local_contrast = self._clahe(lp.get("local_contrast"))
-        self._roi_local_contrast = self._clahe(self.roi.preprocessing.get("local_contrast"))
+        # stage 1: the ROI model, and the one its model file names as its fallback (tried when its proposals give
+        # no knee; all of the fallback's folds are used only with ensemble)
+        def stage1(model: KneelModel) -> Stage1Model:
+            return Stage1Model(model, [prep(n) for n in model.networks[used]],
+                               self._clahe(model.preprocessing.get("local_contrast")))
+
+        self._stage1_model = stage1(self.roi)
+        self._fallback_stage1 = None if self.roi.fallback is None else stage1(self.roi.fallback)
 
     @staticmethod
     def _clahe(spec: dict | None):
@@ -186,20 +204,23 @@ class KneelPredictor:
         return points_between(px, crop.affine, original.affine)
 
     # ---- the pipeline
-    def _stage1_inputs(self, image: Image, whole: bool) -> list[Image]:
-        """What the ROI model reads of ``image``: resampled to its spacing (equalised when its model file says),
-        split into halves or ``whole``, padded and cropped."""
-        low = KF.resample_to_spacing(image, float(self.roi.preprocessing["spacing_mm"]))
-        if self._roi_local_contrast is not None:  # on the whole resampled image, before halving, as in training
-            low = self._roi_local_contrast(low)
-        return [self._pad_crop(part, self.roi) for part in ([low] if whole else KF.split_halves(low))]
+    def _stage1_inputs(self, image: Image, whole: bool, stage1: Stage1Model | None = None) -> list[Image]:
+        """What an ROI model (default the predictor's) reads of ``image``: resampled to its spacing (equalised when
+        its model file says), split into halves or ``whole``, padded and cropped."""
+        stage1 = stage1 or self._stage1_model
+        low = KF.resample_to_spacing(image, float(stage1.model.preprocessing["spacing_mm"]))
+        if stage1.local_contrast is not None:  # on the whole resampled image, before halving, as in training
+            low = stage1.local_contrast(low)
+        return [self._pad_crop(part, stage1.model) for part in ([low] if whole else KF.split_halves(low))]
 
-    def _stage1(self, image: Image, whole: bool) -> tuple[list[np.ndarray], list[float]]:
+    def _stage1(self, image: Image, whole: bool, stage1: Stage1Model | None = None
+                ) -> tuple[list[np.ndarray], list[float]]:
         """Stage 1 on ``image`` at the ROI model's spacing, split into halves or ``whole``: each input's knee
         centre (original pixels) and its confidence."""
-        inputs = self._stage1_inputs(image, whole)
-        coords, conf = self._run(self._roi_nets, self.roi.network_input(inputs, self.device))
-        return ([self._to_original(coords[i], x, image, self.roi.pixel_offset)[0] for i, x in enumerate(inputs)],
+        stage1 = stage1 or self._stage1_model
+        inputs = self._stage1_inputs(image, whole, stage1)
+        coords, conf = self._run(stage1.nets, stage1.model.network_input(inputs, self.device))
+        return ([self._to_original(coords[i], x, image, stage1.model.pixel_offset)[0] for i, x in enumerate(inputs)],
                 [float(c) for c in conf[:, 0]])
 
     def knee_centres(self, image: Image) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -207,10 +228,10 @@ class KneelPredictor:
         centres, confidence = self._stage1(image, whole=False)
         return dict(zip(SIDES, centres)), dict(zip(SIDES, confidence))
 
-    def whole_image_centre(self, image: Image) -> np.ndarray:
+    def whole_image_centre(self, image: Image, stage1: Stage1Model | None = None) -> np.ndarray:
         """Stage 1 on the whole image as one input, not halves: the centre of a knee alone in the field
         (original pixels). Each half of a single-knee image holds half a knee, and their centres are off it."""
-        return self._stage1(image, whole=True)[0][0]
+        return self._stage1(image, whole=True, stage1=stage1)[0][0]
 
     def _landmark_crops(self, image: Image, centres: dict[str, np.ndarray] | list[tuple[str, np.ndarray]]
                         ) -> list[Image]:
@@ -336,10 +357,10 @@ class KneelPredictor:
                 for i in range(len(SIDES))]
         return self._resized(work, best)
 
-    def _whole_image_proposal(self, norm: Image, work: Image) -> Candidate:
+    def _whole_image_proposal(self, norm: Image, work: Image, stage1: Stage1Model | None = None) -> Candidate:
         """Stage 2 from the whole-image stage-1 centre in both orientations (a lone knee's side is not known
         yet) at every ``scan.proposal_zooms``: the most knee-like answer, re-zoomed by its size."""
-        centre = points_between(self.whole_image_centre(norm)[None], norm.affine, work.affine)[0]
+        centre = points_between(self.whole_image_centre(norm, stage1)[None], norm.affine, work.affine)[0]
         tried = self._candidates(work, [(s, centre, z) for s in SIDES for z in self.scan.proposal_zooms], "whole")
         return self._resized(work, [min(tried, key=lambda c: (c.shape_distance, -c.mean_confidence))])[0]
 
@@ -361,6 +382,17 @@ class KneelPredictor:
             return best
         again = self._candidates(work, [(c.orientation, c.centre, c.zoom) for c in best], source, refine=False)
         return self._resized(work, [r if r.shape_distance <= c.shape_distance else c for c, r in zip(best, again)])
+
+    def _at_every_zoom(self, work: Image, answers: list[Candidate]) -> tuple[list[Candidate], int]:
+        """Stage 2 (refined) from each answer's centre and orientation at every zoom the search uses (the scan's
+        and the proposals'): each one's most knee-like answer, re-zoomed by its size; and how many starts."""
+        zooms = sorted(set(self.scan.zooms) | set(self.scan.proposal_zooms))
+        tried = self._candidates(work, [(c.orientation, c.centre, z) for c in answers for z in zooms], "")
+        best = [min(tried[i * len(zooms):(i + 1) * len(zooms)], key=lambda c: (c.shape_distance, -c.mean_confidence))
+                for i in range(len(answers))]
+        for b, c in zip(best, answers):
+            b.source = c.source
+        return self._resized(work, best), len(tried)
 
     def _scan(self, work: Image) -> tuple[list[Candidate], int]:
         """Stage 2 from a grid at every ``scan.zooms`` (orientation by image half). Returns the most
@@ -401,7 +433,15 @@ class KneelPredictor:
         candidates = self._proposals(norm, work, centres)
         mm = pixel_spacing(work.affine)[1]
 
+        swept: list[Candidate] = []  # answers near the shape limit already tried at every zoom
+
         def believe() -> list[Candidate]:
+            near = near_misses(candidates, self.scan.knee_shape_limit, self.scan.near_miss_margin, swept, mm)
+            if near:  # a knee judged at the wrong zoom misses the limit: judge it at its best one first
+                swept.extend(near)
+                again, n = self._at_every_zoom(work, near)
+                candidates.extend(again)
+                info["sweep_starts"] += n
             return distinct_knees([c for c in candidates if self._believed(c, work)], mm, self.scan.same_knee_mm)
 
         info = _nothing_searched()
@@ -424,6 +464,15 @@ class KneelPredictor:
             candidates.append(self._whole_image_proposal(norm, work))
             info["whole_image"] = True
             believed = look_for_partner(believe())
+        fallback = self._fallback_stage1
+        if not believed and fallback is not None and self.scan.fallback_roi:  # a second stage-1 model's proposals
+            fallback_centres = dict(zip(SIDES, self._stage1(norm, whole=False, stage1=fallback)[0]))
+            info["fallback_stage1_px"] = {side: [round(float(v), 1) for v in c] for side, c in fallback_centres.items()}
+            candidates += self._proposals(norm, work, fallback_centres)
+            believed = look_for_partner(believe())
+            if not believed and self.scan.whole_image:
+                candidates.append(self._whole_image_proposal(norm, work, fallback))
+                believed = look_for_partner(believe())
         if not believed and self.scan.local_steps:  # stage 1 near the knees but not on them: look around first
             local, n = self._local(work, list(candidates))
             candidates += local
@@ -511,14 +560,14 @@ class KneelPredictor:
             reason = f"blank image (every pixel is {float(pixels.min()):g}): no knee"
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
                            {"verdict": "no_ap_knee", "knees": 0, "reason": reason, "view_position": view_position},
-                           {**_nothing_searched(), "best_shape_distance": None, "stage1_px": None})
+                           {**_nothing_searched(), "best_shape_distance": None})
         header_says = header_view(view_position) if self.scan.header_view_check else None
         if header_says is not None:  # no model can make a lateral film an AP one
             reason = (f"the DICOM header says a {header_says} view (ViewPosition {view_position}), not an AP/PA "
                       "knee view: no knee looked for")
             return _result(image, path, {s: KneeResult(s, False, reason=reason) for s in SIDES},
                            {"verdict": "no_ap_knee", "knees": 0, "reason": reason, "view_position": view_position},
-                           {**_nothing_searched(), "best_shape_distance": None, "stage1_px": None,
+                           {**_nothing_searched(), "best_shape_distance": None,
                             "header_view_check": True})
         if self.scan.follow_patient_orientation and mirrored_display(image.meta.get("patient_orientation")):
             return self._predict_mirrored(image, path, single_knee_side)
@@ -569,7 +618,10 @@ class KneelPredictor:
         detection = {"refined": bool(self.refine), "scanned": bool(info["scanned"]),
                      "whole_image": bool(info["whole_image"]), "local_starts": int(info["local_starts"]),
                      "scan_starts": int(info["scan_starts"]),
-                     "partner_starts": int(info["partner_starts"]), "stage1_px": info.get("stage1_px"),
+                     "partner_starts": int(info["partner_starts"]), "sweep_starts": int(info["sweep_starts"]),
+                     "stage1_px": info.get("stage1_px"),
+                     # the fallback ROI model's centres, when its proposals were tried (None: not needed)
+                     "fallback_stage1_px": info.get("fallback_stage1_px"),
                      "mirrored_display": False,
                      # a lone knee's side from its anatomy: the fibula, each orientation's confidence
                      "side_evidence": info.get("side_evidence"),
@@ -603,9 +655,10 @@ class KneelPredictor:
             if knee.present:
                 knee.landmarks_px, knee.centre_px = back(knee.landmarks_px), back(knee.centre_px)
                 knee.landmarks_mm = points_to_mm(knee.landmarks_px, image.affine)
-        stage1 = result.detection.get("stage1_px")
-        if stage1:
-            result.detection["stage1_px"] = {s: [round(float(back(xy)[0]), 1), xy[1]] for s, xy in stage1.items()}
+        for key in ("stage1_px", "fallback_stage1_px"):
+            stage1 = result.detection.get(key)
+            if stage1:
+                result.detection[key] = {s: [round(float(back(xy)[0]), 1), xy[1]] for s, xy in stage1.items()}
         result.detection["mirrored_display"] = True
         return result
 
@@ -621,7 +674,8 @@ class KneelPredictor:
 
 def _nothing_searched() -> dict[str, Any]:
     """How a radiograph's knees were looked for, before any search (``detect_knees`` counts from here)."""
-    return {"scanned": False, "whole_image": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0}
+    return {"scanned": False, "whole_image": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0,
+            "sweep_starts": 0, "stage1_px": None, "fallback_stage1_px": None}
 
 
 def _result(image: Image, path: str, knees: dict[str, KneeResult], view: dict[str, Any],

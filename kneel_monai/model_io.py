@@ -10,9 +10,14 @@ A model directory holds:
      "weights": ["fold_0.safetensors", ...],       # one file per fold; >1 = ensemble
      "preprocessing": {"spacing_mm": 0.3, "pad_size": 520, "crop_size": 450,
                        "intensity": {...}},       # see INTENSITY_KINDS
-     "provenance": {...}}                          # free text: data, schedule, figures
+     "provenance": {...},                          # free text: data, schedule, figures
+     "fallback": "../roi_synthetic"}               # optional, ROI models only (below)
 
 * the weight files: ``safetensors`` state dicts (tensors only).
+
+An ROI model may name a ``fallback``: another ROI model directory (relative to this one) whose
+proposals the pipeline tries when this model's lead to no knee. Two stage-1 models trained on
+different data miss different knees (docs/real_knees.md). A fallback has no fallback of its own.
 
 Intensity normalisations: ``{"kind": "percentile", "lower": 5, "upper": 99}`` (clip to the
 percentiles, scale to [0, 1]; the project default; a landmark model's ``"region": "roi"`` scales each
@@ -72,6 +77,7 @@ class KneelModel:
     config: dict[str, Any]
     path: Path | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    fallback: KneelModel | None = None  # ROI models: tried when this one's proposals give no knee
 
     @property
     def pixel_offset(self) -> float:
@@ -140,6 +146,7 @@ def save_model(
     provenance: dict[str, Any] | None = None,
     preset: str | None = None,
     dtype: torch.dtype | None = None,
+    fallback: str | None = None,
 ) -> Path:
     """Write a model directory (weights first, ``model.json`` last, each atomically).
 
@@ -148,9 +155,14 @@ def save_model(
         state_dicts: one per fold.
         dtype: store floating tensors in this dtype (e.g. ``torch.float16`` to halve the size);
             loading casts back to float32.
+        fallback: ROI models: the directory of a second ROI model, relative to ``directory``, whose
+            proposals are tried when this one's give no knee.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if fallback is not None and (task != "roi" or not isinstance(fallback, str) or not fallback):
+        raise ValueError(f"only an ROI model may name a fallback, as a relative directory; got {fallback!r} for a "
+                         f"{task} model")
     if not state_dicts:
         raise ValueError("save_model needs at least one state dict")
     _validate_preprocessing(preprocessing, "save_model")
@@ -175,6 +187,8 @@ def save_model(
         "preprocessing": preprocessing,
         "provenance": provenance or {},
     }
+    if fallback is not None:
+        config["fallback"] = fallback
     atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return out
 
@@ -194,8 +208,9 @@ def _validate_preprocessing(pre: Any, source: str) -> None:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               folds: list[int] | None = None) -> KneelModel:
-    """Load a model directory (or its ``model.json``) into eval-mode networks on ``device``.
+               folds: list[int] | None = None, _fallback_of: Path | None = None) -> KneelModel:
+    """Load a model directory (or its ``model.json``) into eval-mode networks on ``device``; an ROI
+    model's ``fallback`` with it (all of its folds).
 
     Args:
         folds: which fold weights to load (default: all listed — a fold ensemble).
@@ -251,6 +266,28 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
         sd = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
         load_state_dict_strict(net, sd, str(weight_path))
         networks.append(net.to(device).eval())
-    return KneelModel(
-        task=task, networks=networks, config=config, path=config_path.parent, preprocessing=config["preprocessing"]
-    )
+    return KneelModel(task=task, networks=networks, config=config, path=config_path.parent,
+                      preprocessing=config["preprocessing"],
+                      fallback=_load_fallback(config, config_path, device, _fallback_of))
+
+
+def _load_fallback(config: dict[str, Any], config_path: Path, device: str | torch.device,
+                   fallback_of: Path | None) -> KneelModel | None:
+    """The ROI model a model.json names as its ``fallback`` (see the module docstring), or None."""
+    name = config.get("fallback")
+    if name is None:
+        return None
+    if fallback_of is not None:
+        raise ModelFormatError(f"{config_path}: the fallback of {fallback_of} names a fallback of its own; "
+                               "one fallback at most")
+    if config["task"] != "roi" or not isinstance(name, str) or not name:
+        raise ModelFormatError(f"{config_path}: 'fallback' must name an ROI model directory relative to this one, "
+                               f"and only ROI models have one; got {name!r} in a {config['task']} model"[:300])
+    folder = (config_path.parent / name).resolve()
+    if not (folder / CONFIG_NAME).is_file():
+        raise ModelFormatError(f"{config_path}: its fallback {name!r} ({folder}) is not a kneel-monai model "
+                               f"(no {CONFIG_NAME})")
+    fallback = load_model(folder, device, None, _fallback_of=config_path.parent)
+    if fallback.task != "roi":
+        raise ModelFormatError(f"{config_path}: its fallback {folder} is a {fallback.task} model, not an ROI model")
+    return fallback

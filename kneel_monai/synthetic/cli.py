@@ -100,3 +100,41 @@ def run_synth(ns: argparse.Namespace) -> int:
     print(f"wrote {len(items)} radiographs ({n_dcm} DICOM, {len(items) - n_dcm} PNG; {n_single} single-knee) "
           f"and {index}")
     return 0
+
+
+def add_synth_stage1_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``synth-stage1`` subcommand (the shipped stage-1 model's training set)."""
+    p = subparsers.add_parser(
+        "synth-stage1",
+        help="write the shipped ROI model's training set: synthetic films with real knees composited in",
+        description="Synthetic films with registered real knee crops composited in, and single-knee fields, in four "
+        "parts (train, val, train_single, val_single) with roi_datalist.json for the bundle's training "
+        "(--dataset_dir OUT). Deterministic; the defaults write the shipped ROI model's set. See docs/real_knees.md.",
+    )
+    p.add_argument("out_dir", help="output folder (created)")
+    p.add_argument("--real-knees", metavar="DATALIST", required=True,
+                   help="registered real knee crops: kneel build-oai-crops' landmark_datalist.json (fold 1 trains, "
+                   "fold 0 validates)")
+    p.add_argument("--n", type=int, nargs=4, default=[300, 60, 200, 40],
+                   metavar=("TRAIN", "VAL", "SINGLE", "VAL_SINGLE"),
+                   help="films per part (default 300 60 200 40)")
+    p.add_argument("--seed", type=_positive_int, default=2_000_000, help="seed of the first film (default 2000000)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_synth_stage1)
+    return p
+
+
+def run_synth_stage1(ns: argparse.Namespace) -> int:
+    from .stage1_set import STAGE1_PARTS, write_stage1_set
+
+    if any(n < 0 for n in ns.n):
+        print(f"kneel synth-stage1: error: --n takes four counts >= 0, got {ns.n}", file=sys.stderr)
+        return 2
+    try:
+        path = write_stage1_set(ns.out_dir, ns.real_knees, dict(zip((p[0] for p in STAGE1_PARTS), ns.n)), ns.seed,
+                                progress=not ns.no_progress)
+    except (ValueError, OSError, KeyError) as err:  # a bad or empty datalist: one line
+        print(f"kneel synth-stage1: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {sum(ns.n)} films and {path}")
+    return 0
