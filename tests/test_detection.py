@@ -22,6 +22,7 @@ from kneel_monai.detection import (
     knee_size_mm,
     local_starts,
     mirrored_display,
+    near_misses,
     off_centre_side,
     partner_searched,
     room_for_partner,
@@ -31,6 +32,7 @@ from kneel_monai.detection import (
 from kneel_monai.inference import KneelPredictor, RadiographResult, default_model_dirs
 from kneel_monai.io import describe_radiograph, read_radiograph
 from kneel_monai.io.dicom_writer import write_dicom
+from kneel_monai.model_io import load_model
 from kneel_monai.synthetic.generate import generate_radiograph
 from kneel_monai.transforms import points_between
 from kneel_monai.transforms.array import pixel_spacing
@@ -173,7 +175,8 @@ def test_a_knee_shown_too_small_is_found_by_re_zooming_it_to_its_size(predictor,
     proposal zooms and the size re-zooming (and no scan to fall back on) no knee is found; with them
     both are, on their landmarks, and the chosen zoom follows the spacing's error."""
     without = KneelPredictor(*default_model_dirs(), device="cpu",
-                             scan=ScanSettings(scan=False, proposal_zooms=(1.0,), size_rounds=0))
+                             scan=ScanSettings(scan=False, proposal_zooms=(1.0,), size_rounds=0, near_miss_margin=0,
+                                               fallback_roi=False))
     assert not any(k.present for k in without.predict_image(as_image(bilateral.image, SPACING * 0.55)).knees.values())
     proposals_only = KneelPredictor(*default_model_dirs(), device="cpu", scan=ScanSettings(scan=False))
     as_read = proposals_only.predict_image(as_image(bilateral.image))
@@ -256,18 +259,28 @@ def test_a_knee_is_believed_up_to_the_limits_and_not_beyond(predictor):
 class Stage1BesideTheKnees(KneelPredictor):
     """Stage 1 as on real bilateral films: its centres land beside the knees (here 45 mm below them)."""
 
+    shift_mm = 45.0
+
     def knee_centres(self, image):
         centres, confidence = super().knee_centres(image)
         row_mm = pixel_spacing(image.affine)[0]
-        return {s: c + [0.0, 45.0 / row_mm] for s, c in centres.items()}, confidence
+        return {s: c + [0.0, self.shift_mm / row_mm] for s, c in centres.items()}, confidence
+
+
+class Stage1FarBelowTheKnees(Stage1BesideTheKnees):
+    """The first ROI model's centres 65 mm below the knees: no answer from there is knee-shaped."""
+
+    shift_mm = 65.0
 
 
 def test_knees_beside_stage_1_are_found_by_looking_around_it_before_any_scan(bilateral):
     """A start 45 mm below a knee gives an answer off the joint; the local search around the proposal (no
     whole-image scan) finds both knees on their landmarks, and says so in the detection record."""
     image = as_image(bilateral.image)
-    # stage 1 on the whole image is switched off too: this is about the halves' proposals
-    without = Stage1BesideTheKnees(*default_model_dirs(), device="cpu",
+    # stage 1 on the whole image is switched off too: this is about the halves' proposals; the ROI model is the
+    # synthetic one (the shipped model's fallback, none of its own), whose centres lie where this test says
+    synthetic_roi = load_model(default_model_dirs()[0]).fallback
+    without = Stage1BesideTheKnees(synthetic_roi, default_model_dirs()[1], device="cpu",
                                    scan=ScanSettings(scan=False, local_steps=0, whole_image=False))
     missed = without.predict_image(image)
     assert not any(k.present for k in missed.knees.values()) and missed.detection["local_starts"] == 0
@@ -344,7 +357,7 @@ def test_a_knee_alone_in_the_field_is_found_without_a_scan_for_a_second_one(pred
     assert median_error_mm(scanned.knees["R"], knee.landmarks_px) < 1.0
 
     missed = HalvesFarFromTheKnee(predictor.roi, predictor.landmarks, device="cpu",
-                                  scan=ScanSettings(scan=False, local_steps=0, whole_image=False))
+                                  scan=ScanSettings(scan=False, local_steps=0, whole_image=False, fallback_roi=False))
     assert not any(k.present for k in missed.predict_image(as_image(field)).knees.values())
     whole = HalvesFarFromTheKnee(predictor.roi, predictor.landmarks, device="cpu")
     found = whole.predict_image(as_image(field))
@@ -449,3 +462,60 @@ def test_a_lone_knee_s_side_compares_both_orientations_run_alike(predictor, bila
         runs, (first, second) = recorder.both, recorder.starts
         assert np.array_equal(first[1], second[1]) and first[2] == second[2]  # the same place and zoom
         assert evidence["confidence"] == {s: round(float(runs[s].mean_confidence), 4) for s in ("R", "L")}
+
+
+def test_near_misses_are_the_answers_just_beyond_the_limit_once_per_place_and_orientation():
+    def answer(x, distance, orientation="R"):
+        return Candidate(orientation, np.zeros((16, 2)) + [x, 200.0], np.full(16, 0.5), distance, 1.0)
+
+    answers = [answer(100.0, 6.4), answer(110.0, 6.2), answer(100.0, 6.3, "L"), answer(300.0, 7.4),
+               answer(500.0, 5.9), answer(700.0, 7.6), answer(900.0, float("inf"))]
+    near = near_misses(answers, 6.0, 1.5, [], mm_per_px=0.5)
+    # 6.2 and 6.4 lie 5 mm apart in one orientation: one place, its best kept; the L answer there is another
+    assert [(c.orientation, c.shape_distance) for c in near] == [("R", 6.2), ("L", 6.3), ("R", 7.4)]
+    assert [c.shape_distance for c in near_misses(answers, 6.0, 1.5, near[:1], 0.5)] == [6.3, 7.4]  # swept: once
+    assert near_misses(answers, 6.0, 0.0, [], 0.5) == [] and near_misses(answers, None, 1.5, [], 0.5) == []
+    with pytest.raises(ValueError, match="near_miss_margin"):
+        ScanSettings(near_miss_margin=-1.0)
+
+
+def test_knees_shown_too_large_are_found_by_trying_the_near_misses_at_every_zoom(bilateral):
+    """A spacing guessed twice too large shows the knees twice as large: at the proposals' one zoom their answers
+    lie just beyond the shape limit, and with no other help (no re-zooming, search or fallback) nothing is found.
+    Trying those near misses at every zoom finds both knees, on their landmarks, at the zoom that shrinks them."""
+    def predictor(margin):
+        return KneelPredictor(*default_model_dirs(), device="cpu", scan=ScanSettings(
+            scan=False, proposal_zooms=(1.0,), size_rounds=0, local_steps=0, whole_image=False, fallback_roi=False,
+            near_miss_margin=margin))
+
+    image = as_image(bilateral.image, SPACING * 2.0)
+    missed = predictor(0.0).predict_image(image)
+    assert not any(k.present for k in missed.knees.values()) and missed.detection["sweep_starts"] == 0
+    assert 6.0 < missed.detection["best_shape_distance"] <= 7.5  # near misses, not far ones
+    found = predictor(1.5).predict_image(image)
+    assert found.detection["sweep_starts"] == 2 * 4  # two places, the scan's four zooms (1.0 among them)
+    for side in ("R", "L"):
+        knee = found.knees[side]
+        assert knee.present and knee.roi_zoom == 0.75
+        truth = np.asarray(bilateral.knees[side]["landmarks_px"])
+        assert float(np.median(np.linalg.norm(knee.landmarks_px - truth, axis=1))) * SPACING < 1.5
+
+
+def test_the_fallback_roi_model_proposes_where_the_first_one_misses(bilateral):
+    """The shipped ROI model names a fallback (the synthetic one); with the first model's centres 65 mm below the
+    knees and no search, the fallback's own proposals find both knees, and the record says where it looked."""
+    assert KneelPredictor(*default_model_dirs(), device="cpu").roi.fallback is not None
+    image = as_image(bilateral.image)
+    settings = {"scan": False, "local_steps": 0, "whole_image": False}
+    first_only = Stage1FarBelowTheKnees(*default_model_dirs(), device="cpu",
+                                        scan=ScanSettings(**settings, fallback_roi=False)).predict_image(image)
+    assert not any(k.present for k in first_only.knees.values()) and first_only.detection["fallback_stage1_px"] is None
+    found = Stage1FarBelowTheKnees(*default_model_dirs(), device="cpu",
+                                   scan=ScanSettings(**settings)).predict_image(image)
+    for side in ("R", "L"):
+        knee, truth = found.knees[side], np.asarray(bilateral.knees[side]["landmarks_px"])
+        assert knee.present and median_error_mm(knee, truth) < 1.5
+        assert np.linalg.norm(np.asarray(found.detection["fallback_stage1_px"][side]) - truth[4]) * SPACING < 15.0
+    # where the first model's proposals are believed the fallback is not run
+    direct = KneelPredictor(*default_model_dirs(), device="cpu").predict_image(image)
+    assert direct.detection["fallback_stage1_px"] is None

@@ -95,3 +95,38 @@ def test_wrong_weights_for_the_network(tmp_path):
     (folder / "model.json").write_text(json.dumps(config))
     with pytest.raises(ModelFormatError, match=r"shape mismatches: .*file \(12"):
         load_model(folder)
+
+
+def test_an_roi_model_loads_its_fallback_and_says_what_is_wrong_with_one(tmp_path):
+    """An ROI model's ``fallback`` (a second ROI model, relative to it) is loaded with it; a missing one, one of
+    another task, one with a fallback of its own, or one on a landmark model is refused naming the file."""
+    roi_args = {**ARGS, "out_points": 1}
+    first, second = (KneelHourglassNet(**roi_args).eval() for _ in range(2))
+    save_model(tmp_path / "synthetic", "roi", roi_args, [second.state_dict()], PRE)
+    folder = save_model(tmp_path / "real", "roi", roi_args, [first.state_dict()], PRE, fallback="../synthetic")
+    model = load_model(folder)
+    assert model.fallback is not None and model.fallback.fallback is None
+    assert model.fallback.path.resolve() == (tmp_path / "synthetic").resolve()
+    x = torch.randn(1, 1, 64, 64)
+    torch.testing.assert_close(model.fallback.predict(x), second(x))
+    assert load_model(tmp_path / "synthetic").fallback is None
+
+    config_path = folder / "model.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "fallback": "../nowhere"}))
+    with pytest.raises(ModelFormatError, match=r"real.*model.json.*fallback '\.\./nowhere'.*no model.json"):
+        load_model(folder)
+    save_model(tmp_path / "lm", "landmarks", ARGS, [_nets(1)[0].state_dict()], PRE)
+    config_path.write_text(json.dumps({**config, "fallback": "../lm"}))
+    with pytest.raises(ModelFormatError, match="is a landmarks model, not an ROI model"):
+        load_model(folder)
+    config_path.write_text(json.dumps(config))
+    save_model(tmp_path / "synthetic", "roi", roi_args, [second.state_dict()], PRE, fallback="../real")  # a loop
+    with pytest.raises(ModelFormatError, match="names a fallback of its own; one fallback at most"):
+        load_model(folder)
+    with pytest.raises(ValueError, match="only an ROI model may name a fallback"):
+        save_model(tmp_path / "bad", "landmarks", ARGS, [_nets(1)[0].state_dict()], PRE, fallback="../synthetic")
+    lm_path = tmp_path / "lm" / "model.json"
+    lm_path.write_text(json.dumps({**json.loads(lm_path.read_text()), "fallback": "../synthetic"}))
+    with pytest.raises(ModelFormatError, match="only ROI models have one"):
+        load_model(tmp_path / "lm")
