@@ -354,10 +354,12 @@ def test_stage1_reads_exactly_what_training_feeds_the_roi_network(cohort, stage_
         assert f["image"].shape == r.shape == (1, 112, 112)
         np.testing.assert_allclose(r.numpy(), f["image"].numpy(), atol=1e-5)
         np.testing.assert_allclose(r.affine.numpy(), f["image"].affine.numpy(), atol=1e-9)
-    plain = KneelPredictor(default_model_dirs()[0], default_model_dirs()[1], device="cpu")
-    if stage_name == "roi_cpu_clahe":  # and the equalisation is really there
-        assert np.abs(plain._stage1_inputs(predictor._normalise(read_radiograph(path)), False)[0].numpy()
-                      - read[0].numpy()).max() > 0.2
+    other = load_model(default_model_dirs()[0])  # the same model with the other stage's preprocessing
+    other.preprocessing = STAGES["roi_cpu" if stage_name == "roi_cpu_clahe" else "roi_cpu_clahe"].preprocessing
+    unlike = KneelPredictor(other, default_model_dirs()[1], device="cpu")
+    # and the equalisation is really there (or not)
+    assert np.abs(unlike._stage1_inputs(predictor._normalise(read_radiograph(path)), False)[0].numpy()
+                  - read[0].numpy()).max() > 0.2
 
 
 def test_cli_spacing_and_ensemble_options(tmp_path):
@@ -379,6 +381,7 @@ def test_cli_spacing_and_ensemble_options(tmp_path):
 
     models = tmp_path / "models"  # the shipped models, the landmark model with a second, perturbed fold
     shutil.copytree(default_model_dirs()[0], models / "roi")
+    shutil.copytree(default_model_dirs()[0].parent / "roi_synthetic", models / "roi_synthetic")  # its fallback
     shutil.copytree(default_model_dirs()[1], models / "landmarks")
     weights = safetensors.torch.load_file(str(models / "landmarks" / "fold_0.safetensors"))
     torch.manual_seed(0)
