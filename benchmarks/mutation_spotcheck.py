@@ -164,6 +164,26 @@ MUTANTS = [
            'work_dir / "radiograph.nrrd", request.radiograph.header_tags)', 'work_dir / "radiograph.nrrd")',
            ("tests/test_slicer_logic.py::test_the_warm_process_is_handed_the_dicom_view",),
            "the Slicer module's background prediction without the DICOM's laterality and view"),
+    Mutant("fallback_roi_skipped", "kneel_monai/inference.py",
+           "        if not believed and fallback is not None and self.scan.fallback_roi:", "        if False:",
+           ("tests/test_detection.py::test_the_fallback_roi_model_proposes_where_the_first_one_misses",),
+           "the fallback ROI model's proposals never tried"),
+    Mutant("fallback_not_loaded", "kneel_monai/model_io.py",
+           "                      fallback=_load_fallback(config, config_path, device, _fallback_of))",
+           "                      fallback=None)",
+           ("tests/test_model_io.py::test_an_roi_model_loads_its_fallback_and_says_what_is_wrong_with_one",),
+           "a model file's fallback silently ignored"),
+    Mutant("near_miss_sweep_skipped", "kneel_monai/inference.py",
+           "            if near:  # a knee judged at the wrong zoom misses the limit: judge it at its best one first",
+           "            if False:",
+           ("tests/test_detection.py::test_knees_shown_too_large_are_found_by_trying_the_near_misses_at_every_zoom",),
+           "answers just beyond the shape limit never tried at other zooms"),
+    Mutant("near_miss_band_open", "kneel_monai/detection.py",
+           "        if limit < c.shape_distance <= limit + margin and not seen(c, swept) and not seen(c, out):",
+           "        if limit < c.shape_distance and not seen(c, swept) and not seen(c, out):",
+           ("tests/test_detection.py::test_near_misses_are_the_answers_just_beyond_the_limit_once_per_place_and_"
+            "orientation",),
+           "every answer beyond the limit swept, not only the near ones (the non-knee views' too)"),
 ]
 
 

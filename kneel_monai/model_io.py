@@ -51,6 +51,7 @@ __all__ = [
     "save_model",
     "load_model",
     "load_state_dict_strict",
+    "carry_fallback",
 ]
 
 MODEL_FORMAT = "kneel-monai/model"
@@ -291,3 +292,22 @@ def _load_fallback(config: dict[str, Any], config_path: Path, device: str | torc
     if fallback.task != "roi":
         raise ModelFormatError(f"{config_path}: its fallback {folder} is a {fallback.task} model, not an ROI model")
     return fallback
+
+
+def carry_fallback(source: str | os.PathLike, exported: str | os.PathLike) -> Path | None:
+    """Give a model ``exported`` from (fine-tuned from) the ROI model ``source`` the same fallback: the
+    fallback's directory is copied beside ``exported`` (unless one of its name is there) and named in its
+    ``model.json``. Returns the copy's path, or None when ``source`` has no fallback."""
+    import shutil
+
+    name = json.loads((Path(source) / CONFIG_NAME).read_text(encoding="utf-8")).get("fallback")
+    if not name:
+        return None
+    exported = Path(exported)
+    copy = exported.parent / Path(name).name
+    if not (copy / CONFIG_NAME).is_file():
+        shutil.copytree((Path(source) / name).resolve(), copy, dirs_exist_ok=True)
+    config = json.loads((exported / CONFIG_NAME).read_text(encoding="utf-8"))
+    config["fallback"] = f"../{copy.name}"
+    atomic_write_text(exported / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    return copy

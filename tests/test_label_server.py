@@ -16,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,6 +226,11 @@ def test_train_publishes_a_new_model_used_by_infer(server, studies):
     assert {"val_pck", "roi_val_pck"} <= set(stats["metrics"])  # both models fine-tuned
     current = json.loads((studies / "state" / "app" / "models" / "current.json").read_text())
     assert current["landmarks"].endswith("v1/landmarks") and current["roi"].endswith("v1/roi")
+    # the fine-tuned ROI model keeps the shipped one's fallback, copied beside it
+    from kneel_monai.model_io import load_model
+
+    fallback = load_model(current["roi"]).fallback
+    assert fallback is not None and fallback.path.resolve() == (Path(current["roi"]).parent / "roi_synthetic").resolve()
     result = infer(server, "knee_0")
     assert result["model_version"] == 1
     assert all(result["knees"][s]["present"] for s in ("R", "L"))

@@ -1,11 +1,12 @@
 """The project's model format: save → load round trips, fp16 storage, ensembles, clear errors."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from kneel_monai.model_io import ModelFormatError, load_model, save_model
+from kneel_monai.model_io import ModelFormatError, carry_fallback, load_model, save_model
 from kneel_monai.networks import PRESETS, KneelHourglassNet
 
 PRE = {"spacing_mm": 0.3, "pad_size": 520, "crop_size": 450,
@@ -130,3 +131,19 @@ def test_an_roi_model_loads_its_fallback_and_says_what_is_wrong_with_one(tmp_pat
     lm_path.write_text(json.dumps({**json.loads(lm_path.read_text()), "fallback": "../synthetic"}))
     with pytest.raises(ModelFormatError, match="only ROI models have one"):
         load_model(tmp_path / "lm")
+
+
+def test_a_model_fine_tuned_from_an_roi_model_keeps_its_fallback(tmp_path):
+    """``carry_fallback``: the fallback is copied beside the exported model and named in its model.json, so the
+    exported folder works wherever its parent goes; a source without a fallback leaves the export alone."""
+    roi_args = {**ARGS, "out_points": 1}
+    net = KneelHourglassNet(**roi_args).eval()
+    save_model(tmp_path / "bundle" / "synthetic", "roi", roi_args, [net.state_dict()], PRE)
+    source = save_model(tmp_path / "bundle" / "roi", "roi", roi_args, [net.state_dict()], PRE, fallback="../synthetic")
+    exported = save_model(tmp_path / "state" / "v1" / "roi", "roi", roi_args, [net.state_dict()], PRE)
+    copy = carry_fallback(source, exported)
+    assert copy == tmp_path / "state" / "v1" / "synthetic" and (copy / "fold_0.safetensors").is_file()
+    shutil.rmtree(tmp_path / "bundle")  # the export no longer needs the source's folder
+    assert load_model(exported).fallback.path.resolve() == copy.resolve()
+    plain = save_model(tmp_path / "plain", "roi", roi_args, [net.state_dict()], PRE)
+    assert carry_fallback(plain, exported) is None

@@ -264,6 +264,7 @@ class KneelTrainTask(TrainTask):
 
     def __call__(self, request, datastore) -> dict[str, Any]:
         from ..data import build_datalists
+        from ..model_io import carry_fallback
         from . import label_to_ground_truth
 
         conf = self._conf(request)
@@ -284,6 +285,7 @@ class KneelTrainTask(TrainTask):
         if _flag(conf["train_roi"]):
             roi_dir = version_dir / "roi"
             metrics.update({f"roi_{k}": v for k, v in self._fine_tune(current["roi"], run, roi_dir, conf).items()})
+            carry_fallback(current["roi"], roi_dir)  # the fine-tuned ROI model keeps its fallback's proposals
         metrics.update(train_seconds=round(time.time() - started, 2), n_labels=len(ids))
         record = self.store.publish(version, version_dir / "landmarks", metrics, roi_dir=roi_dir)
         logger.info(f"published model v{version} (landmarks{' + ROI' if roi_dir else ''}): {metrics}")
