@@ -105,7 +105,8 @@ MUTANTS = [
            ("tests/test_detection.py::test_a_partner_is_looked_for_again_only_from_the_same_knee_at_another_zoom",),
            "a lone knee's partner not looked for again at a better zoom"),
     Mutant("whole_image_skipped", "kneel_monai/inference.py",
-           "        if not believed and self.scan.whole_image:", "        if False:",
+           "        if not believed and self.scan.whole_image:  # one knee in the middle of the field: no half "
+           "holds it", "        if False:  #",
            ("tests/test_detection.py::test_a_knee_alone_in_the_field_is_found_without_a_scan_for_a_second_one",),
            "no stage 1 on the whole image when the halves miss"),
     Mutant("no_room_ignored", "kneel_monai/detection.py",
@@ -113,7 +114,7 @@ MUTANTS = [
            "    return True", ("tests/test_detection.py::test_a_knee_alone_in_the_field_is_found_without_a_scan_for_a_"
                               "second_one",), "a single-knee field scanned for a second knee"),
     Mutant("roi_clahe_skipped", "kneel_monai/inference.py",
-           "            low = self._roi_local_contrast(low)\n", "            pass\n",
+           "            low = stage1.local_contrast(low)\n", "            pass\n",
            ("tests/test_predict.py::test_stage1_reads_exactly_what_training_feeds_the_roi_network",),
            "stage 1's input not equalised at inference though its model file says so"),
     Mutant("pad_before_rounded_up", "kneel_monai/transforms/functional.py",
