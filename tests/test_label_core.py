@@ -120,7 +120,8 @@ def test_fine_tuning_keeps_each_models_own_stage(tmp_path):
     from kneel_monai.training.stages import STAGES
 
     roi, landmarks = resolve_model_dirs(None)
-    assert (stage_of(roi), stage_of(landmarks)) == ("roi_cpu", "landmarks_cpu_roi_scaled")  # the shipped models
+    assert (stage_of(roi), stage_of(landmarks)) == ("roi_cpu_clahe", "landmarks_cpu_roi_scaled")  # the shipped models
+    assert stage_of(roi.parent / "roi_synthetic") == "roi_cpu"  # the ROI model's fallback
     other = tmp_path / "model"
     shutil.copytree(landmarks, other)
     cfg = json.loads((other / "model.json").read_text())

@@ -106,13 +106,23 @@ def test_the_predictor_normalises_as_the_model_files_say(tmp_path):
 
     from kneel_monai.inference import KneelPredictor, default_model_dirs
 
-    roi, landmarks = (shutil.copytree(d, tmp_path / d.name) for d in default_model_dirs())
-    for folder in (roi, landmarks):
+    shipped_roi, shipped_landmarks = default_model_dirs()
+    roi, landmarks, fallback = (shutil.copytree(d, tmp_path / d.name)
+                                for d in (shipped_roi, shipped_landmarks, shipped_roi.parent / "roi_synthetic"))
+    for folder in (roi, fallback, landmarks):  # the landmark model last: its config is changed again below
         config = json.loads((folder / "model.json").read_text())
         config["preprocessing"]["intensity"] = {"kind": "percentile", "lower": 1, "upper": 99.5}
         (folder / "model.json").write_text(json.dumps(config))
     predictor = KneelPredictor(roi, landmarks, device="cpu")
     assert predictor.intensity_percentiles == (1.0, 99.5)
+    # the ROI model's fallback reads the same normalised radiograph: its file must say the same
+    fallback_config = json.loads((fallback / "model.json").read_text())
+    fallback_config["preprocessing"]["intensity"]["upper"] = 99
+    (fallback / "model.json").write_text(json.dumps(fallback_config))
+    with pytest.raises(ValueError, match="roi_synthetic scales intensities to percentiles"):
+        KneelPredictor(roi, landmarks, device="cpu")
+    fallback_config["preprocessing"]["intensity"]["upper"] = 99.5
+    (fallback / "model.json").write_text(json.dumps(fallback_config))
     config["preprocessing"]["intensity"]["lower"] = 2  # the landmark model alone differs now
     (landmarks / "model.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="normalised once for both stages"):
