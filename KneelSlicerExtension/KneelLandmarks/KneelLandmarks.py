@@ -233,7 +233,8 @@ class KneelLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         model = self._parameterNode.modelPath if self._parameterNode else ""
         self.ui.modelInfoLabel.text = (
             _("a model folder: {folder}").format(folder=model) if model
-            else _("shipped models (landmarks: real OAI knee crops + synthetic knees; knee finder: synthetic films)"))
+            else _("shipped models (landmarks: real OAI knee crops + synthetic knees; knee finder: synthetic "
+                   "films with real knee crops, a synthetic-only one as fallback)"))
 
     def onModelPathChanged(self, path) -> None:
         if self._parameterNode is not None and self._parameterNode.modelPath != path:
