@@ -55,7 +55,7 @@ from KneelLandmarksLib import results as rn
 from KneelLandmarksLib import testing as kt
 from KneelLandmarksLib.geometry import ijk_to_ras_matrix
 from KneelLandmarksLib.runner import _running_message
-from KneelLandmarksLib.volume import dicom_view_tags, write_nrrd
+from KneelLandmarksLib.volume import check_spacing, describe_source, dicom_view_tags, write_nrrd
 
 from kneel_monai.cohort import COHORT_COLUMNS, cohort_rows
 from kneel_monai.inference import KneelPredictor, default_model_dirs
@@ -428,6 +428,15 @@ def test_the_dicom_laterality_and_view_reach_the_prediction_in_process_and_throu
                                 extra_tags={"ViewPosition": "LL"})
     volume = kt.read_volume_file(scene, tagged)
     assert dicom_view_tags(volume, str(other)) == {} and dicom_view_tags(volume, None) == {}
+    # a source file overwritten since Slicer loaded it: read once, it says nothing of the view and the spacing
+    # check says why it was not checked
+    gone = tmp_path / "overwritten.dcm"
+    gone.write_bytes(b"not a radiograph any more")
+    described = describe_source(str(gone))
+    assert described[0] is None and described[1].startswith(f"Could not read {gone}")
+    assert describe_source(None) == (None, "")
+    assert dicom_view_tags(volume, str(gone), described) == {} and dicom_view_tags(volume, str(gone)) == {}
+    assert described[1] in check_spacing(volume, str(gone), described=described).message
 
 
 def test_spacing_trap_found_through_the_dicom_database(tmp_path):

@@ -25,8 +25,9 @@ import numpy as np
 from .geometry import ijk_to_ras_matrix, volume_spacing_row_col
 
 __all__ = [
-    "MIN_SIDE_PX", "KneelInputError", "RadiographInput", "SpacingCheck", "check_spacing", "dicom_view_tags",
-    "find_source_file", "ijk_to_ras_with_spacing", "prepare_radiograph", "radiograph_pixels", "write_nrrd",
+    "MIN_SIDE_PX", "KneelInputError", "RadiographInput", "SpacingCheck", "check_spacing", "describe_source",
+    "dicom_view_tags", "find_source_file", "ijk_to_ras_with_spacing", "prepare_radiograph", "radiograph_pixels",
+    "write_nrrd",
 ]
 
 #: a radiograph narrower than this (pixels) is refused
@@ -150,12 +151,28 @@ def _is_this_volume(info: dict, volume_node) -> bool:
     return tuple(info.get("shape") or ()) == (n_j, n_i)
 
 
-def check_spacing(volume_node, source_file: str | None = None, field_width_mm: float | None = None) -> SpacingCheck:
+def describe_source(source_file: str | None) -> tuple[dict | None, str]:
+    """What ``kneel_monai``'s reader sees in a volume's source file (``describe_radiograph``), read once for both
+    the spacing check and the view tags: ``(info, "")``, ``(None, why it could not be read)``, or ``(None, "")``
+    without a source file."""
+    if not source_file:
+        return None, ""
+    from kneel_monai.io import describe_radiograph
+
+    try:
+        return describe_radiograph(source_file), ""
+    except Exception as err:  # noqa: BLE001 — an unreadable source file only means "not checked"
+        return None, f"Could not read {source_file} to check the pixel spacing ({err})."
+
+
+def check_spacing(volume_node, source_file: str | None = None, field_width_mm: float | None = None,
+                  described: tuple[dict | None, str] | None = None) -> SpacingCheck:
     """The true pixel spacing of the volume's radiograph (see the module docstring).
 
     ``field_width_mm``: the imaged field's width, for a volume Slicer loaded with 1 mm pixels and no DICOM
     spacing to check them against (a JPEG/PNG export): its spacing becomes the width over its columns, as
     ``kneel predict --field-width-mm`` does; a spacing from DICOM tags or the volume's own (not 1 mm) wins.
+    ``described``: :func:`describe_source` of ``source_file`` when the caller has it already.
     """
     field = None
     if field_width_mm is not None:
@@ -167,14 +184,8 @@ def check_spacing(volume_node, source_file: str | None = None, field_width_mm: f
             raise KneelInputError(f"Field width: {err}.") from None
     volume = volume_spacing_row_col(volume_node)
     name = _name(volume_node)
-    note = ""
+    info, note = describe_source(source_file) if described is None else described
     if source_file:
-        from kneel_monai.io import describe_radiograph
-
-        try:
-            info = describe_radiograph(source_file)
-        except Exception as err:  # noqa: BLE001 — an unreadable source file only means "not checked"
-            info, note = None, f"Could not read {source_file} to check the pixel spacing ({err})."
         if info is not None and info.get("format") == "DICOM":
             n_i, n_j, _ = volume_node.GetImageData().GetDimensions()
             true, source = info.get("pixel_spacing_mm"), info.get("spacing_source")
@@ -206,21 +217,16 @@ def check_spacing(volume_node, source_file: str | None = None, field_width_mm: f
     return SpacingCheck(volume, "volume", volume, False, source_file, note)
 
 
-def dicom_view_tags(volume_node, source_file: str | None) -> dict[str, str]:
+def dicom_view_tags(volume_node, source_file: str | None,
+                    described: tuple[dict | None, str] | None = None) -> dict[str, str]:
     """What the volume's source DICOM says of its view: ``{"ImageLaterality": ..., "ViewPosition": ...,
     "PatientOrientation": ...}`` (the tags it has). The prediction takes a lone knee's side from the first,
     refuses a lateral or oblique view by the second and reads a mirrored display back to the radiological
     convention by the third, as ``kneel predict`` reading the DICOM itself does. Empty without a DICOM source
-    file, or when the file is not this volume's image (another size)."""
-    if not source_file:
-        return {}
-    from kneel_monai.io import describe_radiograph
-
-    try:
-        info = describe_radiograph(source_file)
-    except Exception:  # noqa: BLE001 — an unreadable source file says nothing (check_spacing says why)
-        return {}
-    if info.get("format") != "DICOM" or not _is_this_volume(info, volume_node):
+    file, when it cannot be read (``check_spacing`` says why), or when the file is not this volume's image
+    (another size). ``described``: :func:`describe_source` of ``source_file`` when the caller has it already."""
+    info, _ = describe_source(source_file) if described is None else described
+    if info is None or info.get("format") != "DICOM" or not _is_this_volume(info, volume_node):
         return {}
     tags = {"ImageLaterality": info.get("laterality"), "ViewPosition": info.get("view_position"),
             "PatientOrientation": info.get("patient_orientation")}
@@ -241,13 +247,14 @@ def prepare_radiograph(volume_node, file_for_instance: Callable[[str], str] | No
     """Check a volume node and copy out what a prediction needs (the scene is not changed)."""
     pixels = radiograph_pixels(volume_node)
     source_file = find_source_file(volume_node, file_for_instance)
-    spacing = check_spacing(volume_node, source_file, field_width_mm)
+    described = describe_source(source_file)  # the source file's header, read once for both checks
+    spacing = check_spacing(volume_node, source_file, field_width_mm, described)
     geometry = ijk_to_ras_matrix(volume_node)
     if spacing.corrected:
         geometry = ijk_to_ras_with_spacing(geometry, spacing.spacing_mm)
     messages = [spacing.message] if spacing.message else []
     return RadiographInput(volume_node.GetID(), _name(volume_node), pixels, spacing, geometry, messages,
-                           dicom_view_tags(volume_node, source_file))
+                           dicom_view_tags(volume_node, source_file, described))
 
 
 def write_nrrd(pixels: np.ndarray, spacing_row_col: tuple[float, float], path: str | os.PathLike,
