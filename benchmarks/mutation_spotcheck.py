@@ -180,8 +180,8 @@ MUTANTS = [
            ("tests/test_detection.py::test_knees_shown_too_large_are_found_by_trying_the_near_misses_at_every_zoom",),
            "answers just beyond the shape limit never tried at other zooms"),
     Mutant("near_miss_band_open", "kneel_monai/detection.py",
-           "        if limit < c.shape_distance <= limit + margin and not seen(c, swept) and not seen(c, out):",
-           "        if limit < c.shape_distance and not seen(c, swept) and not seen(c, out):",
+           "        if (limit < c.shape_distance <= limit + margin and not at_same_place(",
+           "        if (limit < c.shape_distance and not at_same_place(",
            ("tests/test_detection.py::test_near_misses_are_the_answers_just_beyond_the_limit_once_per_place_and_"
             "orientation",),
            "every answer beyond the limit swept, not only the near ones (the non-knee views' too)"),

@@ -45,8 +45,9 @@ from .landmarks import KNEE_CENTRE_ID
 from .transforms.functional import pixel_spacing
 
 __all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "partner_searched", "room_for_partner",
-           "near_misses", "orientation_at", "distinct_knees", "off_centre_side", "SIDE_SOURCES", "KNEE_SIZE_MM",
-           "knee_size_mm", "size_zoom", "NON_AP_VIEW_POSITIONS", "header_view", "mirrored_display"]
+           "near_misses", "knee_rank", "at_same_place", "orientation_at", "distinct_knees", "off_centre_side",
+           "SIDE_SOURCES", "KNEE_SIZE_MM", "knee_size_mm", "size_zoom", "NON_AP_VIEW_POSITIONS", "header_view",
+           "mirrored_display"]
 
 #: an annotated knee's size (:func:`knee_size_mm`): the mean of the 317 knees of the real OAI crop
 #: set's training part (KNEEL annotations; sd 2.4 mm, 95 % within 21.5–30.0 mm)
@@ -287,11 +288,22 @@ def orientation_at(x: float, width: int) -> str:
     return "R" if x < (width - 1) / 2 else "L"
 
 
+def knee_rank(c: Candidate) -> tuple[float, float]:
+    """Sort key of answers, most knee-like first: the lowest shape distance, then the surest heat-maps."""
+    return c.shape_distance, -c.mean_confidence
+
+
+def at_same_place(c: Candidate, others: Sequence[Candidate], mm_per_px: float, same_place_mm: float = 20.0) -> bool:
+    """Whether an answer of ``others`` in ``c``'s orientation has its centre within ``same_place_mm`` of ``c``'s."""
+    return any(k.orientation == c.orientation and np.linalg.norm(c.centre - k.centre) * mm_per_px < same_place_mm
+               for k in others)
+
+
 def distinct_knees(candidates: Sequence[Candidate], mm_per_px: float, same_knee_mm: float) -> list[Candidate]:
     """The most knee-like answer per knee: best (lowest shape distance) first, later answers whose
     centre lies within ``same_knee_mm`` of a kept one dropped."""
     kept: list[Candidate] = []
-    for c in sorted(candidates, key=lambda c: (c.shape_distance, -c.mean_confidence)):
+    for c in sorted(candidates, key=knee_rank):
         if not np.isfinite(c.shape_distance):
             continue
         if all(np.linalg.norm(c.centre - k.centre) * mm_per_px >= same_knee_mm for k in kept):
@@ -307,13 +319,9 @@ def near_misses(candidates: Sequence[Candidate], limit: float | None, margin: fl
     non-knee views' most knee-like answers lie further out (docs/real_knees.md)."""
     if limit is None or margin <= 0:
         return []
-
-    def seen(c: Candidate, kept: Sequence[Candidate]) -> bool:
-        return any(k.orientation == c.orientation and np.linalg.norm(c.centre - k.centre) * mm_per_px < same_place_mm
-                   for k in kept)
-
     out: list[Candidate] = []
     for c in sorted(candidates, key=lambda c: c.shape_distance):
-        if limit < c.shape_distance <= limit + margin and not seen(c, swept) and not seen(c, out):
+        if (limit < c.shape_distance <= limit + margin and not at_same_place(c, swept, mm_per_px, same_place_mm)
+                and not at_same_place(c, out, mm_per_px, same_place_mm)):
             out.append(c)
     return out

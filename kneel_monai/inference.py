@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,9 +25,11 @@ import torch
 from .detection import (
     Candidate,
     ScanSettings,
+    at_same_place,
     distinct_knees,
     grid_starts,
     header_view,
+    knee_rank,
     local_starts,
     mirrored_display,
     near_misses,
@@ -156,9 +158,9 @@ class KneelPredictor:
                                  spacing_mm=spacing)
         # the [0, 1] scaling both models were trained with
         self.intensity_percentiles = KF.percentile_limits(lp.get("intensity"))
-        for roi in (self.roi, self.roi.fallback):
-            roi_percentiles = None if roi is None else KF.percentile_limits(roi.preprocessing.get("intensity"))
-            if roi is not None and roi_percentiles != self.intensity_percentiles:
+        for roi in filter(None, (self.roi, self.roi.fallback)):
+            roi_percentiles = KF.percentile_limits(roi.preprocessing.get("intensity"))
+            if roi_percentiles != self.intensity_percentiles:
                 raise ValueError(f"the ROI model {roi.path or ''} scales intensities to percentiles {roi_percentiles} "
                                  f"but the landmark model to {self.intensity_percentiles}; one radiograph is "
                                  "normalised once for both stages")
@@ -350,19 +352,23 @@ class KneelPredictor:
     def _proposals(self, norm: Image, work: Image, centres: dict[str, np.ndarray]) -> list[Candidate]:
         """From stage 1's ``centres`` of the image halves (``norm`` pixels), stage 2 at every
         ``scan.proposal_zooms``: the most knee-like answer per half, re-zoomed by its size."""
-        zooms = self.scan.proposal_zooms
-        starts = [(s, points_between(centres[s][None], norm.affine, work.affine)[0], z) for s in SIDES for z in zooms]
-        tried = self._candidates(work, starts, "stage1")
-        best = [min(tried[i * len(zooms):(i + 1) * len(zooms)], key=lambda c: (c.shape_distance, -c.mean_confidence))
-                for i in range(len(SIDES))]
-        return self._resized(work, best)
+        places = [(s, points_between(centres[s][None], norm.affine, work.affine)[0]) for s in SIDES]
+        return self._best_zoom(work, places, self.scan.proposal_zooms, "stage1")
+
+    def _best_zoom(self, work: Image, places: list[tuple[str, np.ndarray]], zooms: Sequence[float], source: str
+                   ) -> list[Candidate]:
+        """Stage 2 (refined) from each ``(orientation, centre)`` at every zoom of ``zooms``: each place's most
+        knee-like answer, re-zoomed by its size."""
+        tried = self._candidates(work, [(o, xy, z) for o, xy in places for z in zooms], source)
+        n = len(zooms)
+        return self._resized(work, [min(tried[i * n:(i + 1) * n], key=knee_rank) for i in range(len(places))])
 
     def _whole_image_proposal(self, norm: Image, work: Image, stage1: Stage1Model | None = None) -> Candidate:
         """Stage 2 from the whole-image stage-1 centre in both orientations (a lone knee's side is not known
         yet) at every ``scan.proposal_zooms``: the most knee-like answer, re-zoomed by its size."""
         centre = points_between(self.whole_image_centre(norm, stage1)[None], norm.affine, work.affine)[0]
         tried = self._candidates(work, [(s, centre, z) for s in SIDES for z in self.scan.proposal_zooms], "whole")
-        return self._resized(work, [min(tried, key=lambda c: (c.shape_distance, -c.mean_confidence))])[0]
+        return self._resized(work, [min(tried, key=knee_rank)])[0]
 
     def _most_knee_like(self, work: Image, starts: list[tuple[str, np.ndarray, float]], source: str,
                         keep: int | None = None) -> list[Candidate]:
@@ -375,8 +381,7 @@ class KneelPredictor:
         for c in sorted(first, key=lambda c: c.shape_distance):
             if len(best) == (keep or self.scan.keep) or not np.isfinite(c.shape_distance):
                 break
-            if not any(k.orientation == c.orientation and np.linalg.norm(k.centre - c.centre) * mm < 20.0
-                       for k in best):
+            if not at_same_place(c, best, mm):
                 best.append(c)
         if not best or not self.refine:
             return best
@@ -387,12 +392,10 @@ class KneelPredictor:
         """Stage 2 (refined) from each answer's centre and orientation at every zoom the search uses (the scan's
         and the proposals'): each one's most knee-like answer, re-zoomed by its size; and how many starts."""
         zooms = sorted(set(self.scan.zooms) | set(self.scan.proposal_zooms))
-        tried = self._candidates(work, [(c.orientation, c.centre, z) for c in answers for z in zooms], "")
-        best = [min(tried[i * len(zooms):(i + 1) * len(zooms)], key=lambda c: (c.shape_distance, -c.mean_confidence))
-                for i in range(len(answers))]
+        best = self._best_zoom(work, [(c.orientation, c.centre) for c in answers], zooms, "")
         for b, c in zip(best, answers):
             b.source = c.source
-        return self._resized(work, best), len(tried)
+        return best, len(answers) * len(zooms)
 
     def _scan(self, work: Image) -> tuple[list[Candidate], int]:
         """Stage 2 from a grid at every ``scan.zooms`` (orientation by image half). Returns the most
@@ -533,16 +536,16 @@ class KneelPredictor:
             return user_side, "user", best[user_side], decision
         return decision.side, "anatomy_uncertain", best[decision.side], decision
 
-    def _assess(self, knee: Candidate, affine: Any, spread_mm: np.ndarray | None = None
+    def _assess(self, knee: Candidate, landmarks_mm: np.ndarray, spread_mm: np.ndarray | None = None
                 ) -> tuple[dict[str, float], str, list[str]]:
-        """``(measurements, quality, reasons)`` of a knee whose landmarks are pixels of an image with ``affine``."""
-        measured = knee_measurements(points_to_mm(knee.landmarks_px, affine))
+        """``(measurements, quality, reasons)`` of a knee with its landmarks in millimetres."""
+        measured = knee_measurements(landmarks_mm)
         quality, reasons = assess_knee(knee.confidence, measured, spread_mm, self.quality, knee.shape_distance)
         return measured, quality, reasons
 
     def _landmarks_ok(self, work: Image, knee: Candidate) -> bool:
         """Whether a knee's landmarks pass the quality check (before any MC-dropout spread is known)."""
-        return self._assess(knee, work.affine)[1] == "ok"
+        return self._assess(knee, points_to_mm(knee.landmarks_px, work.affine))[1] == "ok"
 
     def predict_image(self, image: Image, path: str = "", single_knee_side: str | None = None) -> RadiographResult:
         """The knees of a radiograph already read (``read_radiograph``'s ``MetaTensor``, or ``read_image``'s
@@ -600,7 +603,7 @@ class KneelPredictor:
                 continue
             pts = points_between(k.landmarks_px, work.affine, image.affine)
             mm = points_to_mm(pts, image.affine)
-            measured, quality, reasons = self._assess(k, work.affine, spread.get(side))
+            measured, quality, reasons = self._assess(k, mm, spread.get(side))
             if sources[side] == "anatomy_uncertain":
                 quality = "check"
                 why = (info.get("side_evidence") or {}).get("why") or "the anatomy does not say left or right"

@@ -185,23 +185,22 @@ def check_spacing(volume_node, source_file: str | None = None, field_width_mm: f
     volume = volume_spacing_row_col(volume_node)
     name = _name(volume_node)
     info, note = describe_source(source_file) if described is None else described
-    if source_file:
-        if info is not None and info.get("format") == "DICOM":
-            n_i, n_j, _ = volume_node.GetImageData().GetDimensions()
-            true, source = info.get("pixel_spacing_mm"), info.get("spacing_source")
-            if not _is_this_volume(info, volume_node):
-                note = (f"The DICOM file {Path(source_file).name} is {info.get('shape')} pixels but the volume "
-                        f"{n_j} × {n_i}: its spacing tags were not used.")
-            elif true is None:
-                note = (f"The DICOM file {Path(source_file).name} has no ImagerPixelSpacing or PixelSpacing; "
-                        f"using the volume's {_fmt(volume)} mm pixels.")
-            else:
-                true = (float(true[0]), float(true[1]))
-                if _same(true, volume):
-                    return SpacingCheck(volume, source, volume, False, source_file, "")
-                return SpacingCheck(true, source, volume, True, source_file, (
-                    f"Pixel spacing corrected: Slicer loaded '{name}' with {_fmt(volume)} mm pixels, but its DICOM "
-                    f"{source} says {_fmt(true)} mm. Using {_fmt(true)} mm; the volume's spacing is set to it."))
+    if info is not None and info.get("format") == "DICOM":  # None: no source file, or unreadable
+        n_i, n_j, _ = volume_node.GetImageData().GetDimensions()
+        true, source = info.get("pixel_spacing_mm"), info.get("spacing_source")
+        if not _is_this_volume(info, volume_node):
+            note = (f"The DICOM file {Path(source_file).name} is {info.get('shape')} pixels but the volume "
+                    f"{n_j} × {n_i}: its spacing tags were not used.")
+        elif true is None:
+            note = (f"The DICOM file {Path(source_file).name} has no ImagerPixelSpacing or PixelSpacing; "
+                    f"using the volume's {_fmt(volume)} mm pixels.")
+        else:
+            true = (float(true[0]), float(true[1]))
+            if _same(true, volume):
+                return SpacingCheck(volume, source, volume, False, source_file, "")
+            return SpacingCheck(true, source, volume, True, source_file, (
+                f"Pixel spacing corrected: Slicer loaded '{name}' with {_fmt(volume)} mm pixels, but its DICOM "
+                f"{source} says {_fmt(true)} mm. Using {_fmt(true)} mm; the volume's spacing is set to it."))
     if _same(volume, (1.0, 1.0)) and field is not None:
         columns, rows, _ = volume_node.GetImageData().GetDimensions()
         spacing, source = field.spacing_for(rows, columns)
