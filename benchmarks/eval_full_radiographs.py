@@ -83,10 +83,11 @@ def recompressed(path: Path, spacing: float | None, folder: Path, quality: int) 
     return out, float(np.mean(image.meta["pixel_spacing_mm"]))
 
 
-def knee_text(knee: dict) -> str:
+def knee_text(knee: dict, eased: bool = False) -> str:
     if not knee["present"]:
         return "—"
-    return f"{knee['quality']} ({knee['side_source']}, d {knee['shape_distance']:.1f}, zoom {knee['roi_zoom']})"
+    how = f"{knee['side_source']}, eased partner" if eased else knee["side_source"]
+    return f"{knee['quality']} ({how}, d {knee['shape_distance']:.1f}, zoom {knee['roi_zoom']})"
 
 
 def contact_sheet(tiles: list[Path], path: Path, per_row: int = 7, height: int = 360) -> None:
@@ -149,15 +150,18 @@ def main() -> None:
             continue
         seconds = time.perf_counter() - t0
         knees = result["knees"]
+        eased = result["detection"].get("eased_partner")
         present = [s for s, k in knees.items() if k["present"]]
         offsets = stage1_offsets_mm(result, image.shape[-1])
         rows.append({"file": name, "view": view, "knees_found": len(present), "expected": EXPECTED_KNEES.get(view, 0),
                      "sides": {s: knees[s]["side_source"] for s in present},
                      "ok": sum(knees[s]["quality"] == "ok" for s in present), "verdict": result["view"]["verdict"],
                      "detection": result["detection"], "seconds": round(seconds, 2),
-                     "knees": {s: knee_text(k) for s, k in knees.items()}, "stage1_offset_mm": offsets,
+                     "knees": {s: knee_text(k, eased == s) for s, k in knees.items()}, "stage1_offset_mm": offsets,
                      "found": {s: {"quality": knees[s]["quality"], "shape_distance": knees[s].get("shape_distance"),
-                                   "roi_zoom": knees[s].get("roi_zoom"), "side_source": knees[s]["side_source"]}
+                                   "roi_zoom": knees[s].get("roi_zoom"), "side_source": knees[s]["side_source"],
+                                   "mean_confidence": round(float(np.mean(knees[s]["confidence"])), 3),
+                                   "eased_partner": eased == s}
                                for s in present},
                      "settings": {"downscale": ns.downscale, "jpeg_quality": ns.jpeg_quality,
                                   "spacing_error": ns.spacing_error},
@@ -186,6 +190,9 @@ def main() -> None:
         # stage 1's own aim on the bilateral films (a single-knee field's halves each hold half a knee)
         "stage1_offset_mm_bilateral": sorted(d for r in ap if r["view"] == "bilateral_ap"
                                              for d in r["stage1_offset_mm"].values()),
+        # knees believed only as the other knee of a bilateral film (ScanSettings.partner_margin): file and side
+        "eased_partners": [f"{r['file']} {s}" for r in rows if "error" not in r
+                           for s, f in r["found"].items() if f["eased_partner"]],
         "failed_to_read": [r["file"] for r in rows if "error" in r],
         "median_seconds": float(np.median(seconds)) if seconds else None,
     }

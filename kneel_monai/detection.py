@@ -45,13 +45,19 @@ from .landmarks import KNEE_CENTRE_ID
 from .transforms.functional import pixel_spacing
 
 __all__ = ["ScanSettings", "Candidate", "zoomed", "grid_starts", "local_starts", "partner_searched", "room_for_partner",
-           "near_misses", "knee_rank", "at_same_place", "orientation_at", "distinct_knees", "off_centre_side",
+           "near_misses", "eased_partners", "PARTNER_SIZE_RATIO", "knee_rank", "at_same_place", "orientation_at",
+           "distinct_knees", "off_centre_side",
            "SIDE_SOURCES", "KNEE_SIZE_MM", "knee_size_mm", "size_zoom", "NON_AP_VIEW_POSITIONS", "header_view",
            "mirrored_display"]
 
 #: an annotated knee's size (:func:`knee_size_mm`): the mean of the 317 knees of the real OAI crop
 #: set's training part (KNEEL annotations; sd 2.4 mm, 95 % within 21.5–30.0 mm)
 KNEE_SIZE_MM = 25.3
+
+#: how much the two knees of one film may differ in size (:func:`knee_size_mm`) for an eased partner
+#: (:func:`eased_partners`): the annotated OAI subjects with both knees (28) differ by at most 5 %; 25 % leaves
+#: room for the landmark error on a knee unlike those the model learnt
+PARTNER_SIZE_RATIO = 1.25
 
 #: how a knee's side was decided (``KneeResult.side_source``)
 SIDE_SOURCES = ("image_position", "dicom_laterality", "anatomy", "user", "anatomy_uncertain")
@@ -125,6 +131,17 @@ class ScanSettings:
             ``proposal_zooms`` before anything is believed: the severe-OA knees of the development films lie
             at 5.3–6 at their best zoom and 6.3–6.6 at a neighbouring one, while no lateral view, foot or
             long-leg film gave any answer below 7.8. 0 switches it off.
+        partner_margin: when one knee of a bilateral film is believed (found off-centre) and nothing else, the
+            partner search's most knee-like answer whose shape distance lies above ``knee_shape_limit`` by at most
+            this much (:func:`eased_partners`: on the other half, at the knee's height and zoom, of a like size) is
+            reported as the other knee, always quality ``check`` (``detection.eased_partner``): on the development
+            films the knee replacement of a bilateral film lies at 6.2, its landmarks on the implant's joint line.
+            Never eases a film without a believed knee. 0 switches it off.
+        partner_min_confidence: the mean heat-map confidence an eased partner needs instead of the predictor's
+            ``min_confidence``: heat-maps that are not flat (a flat map gives 0.002). An implant's are flatter than
+            a native knee's (the development films' knee replacement: 0.20), and near the limit confidence does
+            not tell knees from other answers (the closest non-knee answers there: 0.17–0.23) — the shape, the
+            place and the size do.
         fallback_roi: when the ROI model's proposals (halves, then the whole image) give no knee, and its model
             file names a fallback ROI model (``model_io``), that model's proposals are tried the same way
             before the local search and the scan. ``False`` uses the first model only.
@@ -155,6 +172,8 @@ class ScanSettings:
     fibula_margin: float = 0.1
     centred_fraction: float = 0.15
     near_miss_margin: float = 1.5
+    partner_margin: float = 1.5
+    partner_min_confidence: float = 0.1
     fallback_roi: bool = True
     header_view_check: bool = True
     follow_patient_orientation: bool = True
@@ -177,6 +196,9 @@ class ScanSettings:
                              "other_knee_stride_mm > 0")
         if not self.near_miss_margin >= 0:
             raise ValueError(f"near_miss_margin must be >= 0 (0 switches the sweep off), got {self.near_miss_margin}")
+        if not (self.partner_margin >= 0 and 0 <= self.partner_min_confidence <= 1):
+            raise ValueError(f"partner_margin must be >= 0 (0 switches easing off) and partner_min_confidence from 0 "
+                             f"to 1, got {self.partner_margin} and {self.partner_min_confidence}")
         if not self.partner_room >= 0:
             raise ValueError(f"partner_room must be >= 0 (plateau widths; 0 always scans), got {self.partner_room}")
         if not (self.local_stride_mm > 0 and isinstance(self.local_steps, int) and self.local_steps >= 0):
@@ -325,3 +347,29 @@ def near_misses(candidates: Sequence[Candidate], limit: float | None, margin: fl
                 and not at_same_place(c, out, mm_per_px, same_place_mm)):
             out.append(c)
     return out
+
+
+def eased_partners(knee: Candidate, candidates: Sequence[Candidate], other: str, limit: float | None, margin: float,
+                   width_px: int, mm_per_px: float, same_knee_mm: float) -> list[Candidate]:
+    """The partner search's answers that may be the ``other`` knee of ``knee``'s bilateral film although their
+    shape misses ``limit`` by at most ``margin``, most knee-like first: seen as the ``other`` side's knee on that
+    side's half of the image, not on ``knee`` (centres ``same_knee_mm`` apart), and of a size within
+    :data:`PARTNER_SIZE_RATIO` of ``knee``'s.
+
+    The partner search only looks at ``knee``'s height, on the other half, at its zoom: an answer there that is
+    nearly a knee's shape is far more likely the other knee than anything else — a knee replacement or a
+    severe-OA knee the landmark model did not learn — while on a film without any knee-shaped answer (a lateral
+    view, a foot) nothing is eased."""
+    if limit is None or margin <= 0:
+        return []
+    size = knee_size_mm(knee.landmarks_px)  # pixels: only the ratio counts, the same pixels for both knees
+    out = []
+    for c in candidates:
+        if (c.source != "partner" or c.orientation != other or not limit < c.shape_distance <= limit + margin
+                or orientation_at(c.centre[0], width_px) != other
+                or np.linalg.norm(c.centre - knee.centre) * mm_per_px < same_knee_mm):
+            continue
+        ratio = knee_size_mm(c.landmarks_px) / size
+        if 1 / PARTNER_SIZE_RATIO <= ratio <= PARTNER_SIZE_RATIO:
+            out.append(c)
+    return sorted(out, key=knee_rank)

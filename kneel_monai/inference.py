@@ -27,6 +27,7 @@ from .detection import (
     ScanSettings,
     at_same_place,
     distinct_knees,
+    eased_partners,
     grid_starts,
     header_view,
     knee_rank,
@@ -316,13 +317,16 @@ class KneelPredictor:
                 out[i] = Candidate(side, pts, conf, shape_distance(points_to_mm(pts, work.affine), side), zoom, source)
         return out  # type: ignore[return-value]
 
-    def _believed(self, c: Candidate, work: Image) -> bool:
+    def _believed(self, c: Candidate, work: Image, limit: float | None = None, least: float | None = None) -> bool:
+        """Whether an answer is a knee: inside the image, its mean confidence at least ``least`` (default
+        ``min_confidence``), its shape within ``limit`` (default ``scan.knee_shape_limit``)."""
         h, w = work.shape[-2:]
         pts = c.landmarks_px
         inside = bool((pts[:, 0] > -0.5).all() and (pts[:, 0] < w - 0.5).all() and (pts[:, 1] > -0.5).all()
                       and (pts[:, 1] < h - 0.5).all())
-        limit = self.scan.knee_shape_limit
-        return inside and c.mean_confidence >= self.min_confidence and (limit is None or c.shape_distance <= limit)
+        limit = self.scan.knee_shape_limit if limit is None else limit
+        least = self.min_confidence if least is None else least
+        return inside and c.mean_confidence >= least and (limit is None or c.shape_distance <= limit)
 
     def _resized(self, work: Image, candidates: list[Candidate]) -> list[Candidate]:
         """Each answer re-zoomed by its own size (``scan.size_rounds`` times at most): stage 2 again at the
@@ -488,7 +492,8 @@ class KneelPredictor:
             candidates += scanned
             info.update(scanned=True, scan_starts=n)
             believed = look_for_partner(believe())
-        believed = sorted(believed[:2], key=lambda c: c.centre[0])  # image left first
+        eased = self._eased_partner(work, believed, candidates)
+        believed = sorted(believed[:2] + ([eased] if eased else []), key=lambda c: c.centre[0])  # image left first
         info["best_shape_distance"] = min((c.shape_distance for c in candidates), default=float("inf"))
         if len(believed) == 2:
             knees, sources = dict(zip(SIDES, believed)), {s: "image_position" for s in SIDES}
@@ -499,11 +504,28 @@ class KneelPredictor:
             info["side_evidence"] = None if decision is None else decision.as_json()
         else:
             knees, sources = {}, {}
+        info["eased_partner"] = next((s for s, k in knees.items() if k is eased), None) if eased else None
         # a knee seen in the other orientation than its side is run again as that side's knee
         redo = [(s, k.centre, k.zoom) for s, k in knees.items() if k.orientation != s]
         for (s, _, _), again in zip(redo, self._as_sides(work, redo)):
             knees[s] = again
         return knees, sources, info
+
+    def _eased_partner(self, work: Image, believed: list[Candidate], candidates: list[Candidate]) -> Candidate | None:
+        """The other knee of a bilateral film of which only one knee is believed, with the shape limit eased by
+        ``scan.partner_margin`` (:func:`~kneel_monai.detection.eased_partners`); None when there is none."""
+        limit, margin = self.scan.knee_shape_limit, self.scan.partner_margin
+        if len(believed) != 1 or limit is None or margin <= 0:
+            return None
+        w = work.shape[-1]
+        side = off_centre_side(believed[0].centre[0], w, self.scan.centred_fraction)
+        if side is None:  # a knee in the middle of the field: no partner was looked for
+            return None
+        other = "L" if side == "R" else "R"
+        eased = eased_partners(believed[0], candidates, other, limit, margin, w, pixel_spacing(work.affine)[1],
+                               self.scan.same_knee_mm)
+        least = self.scan.partner_min_confidence
+        return next((c for c in eased if self._believed(c, work, limit + margin, least)), None)
 
     def _single_knee_side(self, work: Image, knee: Candidate, laterality: Any, user_side: str | None
                           ) -> tuple[str, str, Candidate, SideDecision | None]:
@@ -608,6 +630,11 @@ class KneelPredictor:
                 quality = "check"
                 why = (info.get("side_evidence") or {}).get("why") or "the anatomy does not say left or right"
                 reasons = reasons + [f"side uncertain: {why}; give the side (single_knee_side) or check it"]
+            if side == info.get("eased_partner"):
+                quality = "check"
+                reasons = reasons + [f"found as the other knee of a bilateral film, with a shape less like a knee's "
+                                     f"than a knee found alone must have (shape distance {k.shape_distance:.1f} > "
+                                     f"{limit}): an implant, severe OA or a knee the model did not learn — check it"]
             knees[side] = KneeResult(side, True, pts, mm, k.confidence, pts[KNEE_CENTRE_ID].copy(),
                                      measurements=measured, quality=quality, quality_reasons=reasons,
                                      spread_mm=spread.get(side), shape_distance=k.shape_distance,
@@ -622,6 +649,8 @@ class KneelPredictor:
                      "whole_image": bool(info["whole_image"]), "local_starts": int(info["local_starts"]),
                      "scan_starts": int(info["scan_starts"]),
                      "partner_starts": int(info["partner_starts"]), "sweep_starts": int(info["sweep_starts"]),
+                     # the side of a knee believed only as the other knee of a bilateral film (None: no such knee)
+                     "eased_partner": info.get("eased_partner"),
                      "stage1_px": info.get("stage1_px"),
                      # the fallback ROI model's centres, when its proposals were tried (None: not needed)
                      "fallback_stage1_px": info.get("fallback_stage1_px"),
@@ -678,7 +707,7 @@ class KneelPredictor:
 def _nothing_searched() -> dict[str, Any]:
     """How a radiograph's knees were looked for, before any search (``detect_knees`` counts from here)."""
     return {"scanned": False, "whole_image": False, "local_starts": 0, "scan_starts": 0, "partner_starts": 0,
-            "sweep_starts": 0, "stage1_px": None, "fallback_stage1_px": None}
+            "sweep_starts": 0, "stage1_px": None, "fallback_stage1_px": None, "eased_partner": None}
 
 
 def _result(image: Image, path: str, knees: dict[str, KneeResult], view: dict[str, Any],

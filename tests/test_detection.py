@@ -14,9 +14,11 @@ from monai.data import MetaTensor
 
 from kneel_monai.detection import (
     KNEE_SIZE_MM,
+    PARTNER_SIZE_RATIO,
     Candidate,
     ScanSettings,
     distinct_knees,
+    eased_partners,
     grid_starts,
     header_view,
     knee_size_mm,
@@ -477,6 +479,58 @@ def test_near_misses_are_the_answers_just_beyond_the_limit_once_per_place_and_or
     assert near_misses(answers, 6.0, 0.0, [], 0.5) == [] and near_misses(answers, None, 1.5, [], 0.5) == []
     with pytest.raises(ValueError, match="near_miss_margin"):
         ScanSettings(near_miss_margin=-1.0)
+
+
+def test_an_eased_partner_is_a_partner_search_answer_just_beyond_the_limit_on_the_other_half_of_a_like_size():
+    shape = np.random.default_rng(5).normal(size=(16, 2)) * 20.0
+
+    def answer(x, distance, orientation="L", source="partner", scale=1.0):
+        return Candidate(orientation, shape * scale + [x, 200.0], np.full(16, 0.5), distance, 1.0, source)
+
+    knee = answer(150.0, 4.0, "R", "scan")  # the right knee of a film 1000 px wide, on the image's left
+    best, other = answer(800.0, 6.2), answer(700.0, 7.1)
+    answers = [knee, other, best,
+               answer(820.0, 5.9),  # within the limit: believed as any knee is, not eased
+               answer(800.0, 7.6),  # beyond the margin
+               answer(800.0, 6.1, source="scan"),  # not the partner search's
+               answer(800.0, 6.1, orientation="R"),  # not seen as the other side's knee
+               answer(420.0, 6.1),  # on the knee's own half
+               answer(800.0, 6.1, scale=PARTNER_SIZE_RATIO * 1.05), answer(800.0, 6.1, scale=0.75)]  # sizes unlike
+    assert eased_partners(knee, answers, "L", 6.0, 1.5, 1000, 0.5, 60.0) == [best, other]
+    assert eased_partners(knee, answers, "L", 6.0, 0.0, 1000, 0.5, 60.0) == []
+    assert eased_partners(knee, answers, "L", None, 1.5, 1000, 0.5, 60.0) == []
+    inner, beside = answer(460.0, 4.0, "R", "scan"), answer(520.0, 6.2)  # 30 mm apart, across the middle
+    assert eased_partners(inner, [beside], "L", 6.0, 1.5, 1000, 0.5, 60.0) == []  # the same knee, not its partner
+    assert eased_partners(inner, [beside], "L", 6.0, 1.5, 1000, 0.5, 20.0) == [beside]
+    with pytest.raises(ValueError, match="partner_margin"):
+        ScanSettings(partner_margin=-0.1)
+
+
+def test_the_other_knee_of_a_bilateral_film_is_believed_with_an_eased_shape_limit_and_flagged(bilateral):
+    """With the shape limit set between the film's two knees (left 3.1, right 3.6 as the shipped models see them)
+    only the left knee is believed on its own; its partner search finds the right knee just beyond the limit.
+    Eased, that knee is reported — on its landmarks, flagged ``check`` with the reason, and recorded."""
+    def predictor(margin, least=0.1):
+        return KneelPredictor(*default_model_dirs(), device="cpu", scan=ScanSettings(
+            knee_shape_limit=3.3, near_miss_margin=0.0, scan=False, partner_margin=margin,
+            partner_min_confidence=least))
+
+    image = as_image(bilateral.image)
+    alone = predictor(0.0).predict_image(image)
+    assert alone.knees["L"].present and not alone.knees["R"].present
+    assert alone.detection["partner_starts"] > 0 and alone.detection["eased_partner"] is None
+    both = predictor(1.0).predict_image(image)
+    assert both.detection["eased_partner"] == "R" and both.view["knees"] == 2
+    right, left = both.knees["R"], both.knees["L"]
+    assert right.present and 3.3 < right.shape_distance <= 4.3 and right.side_source == "image_position"
+    assert median_error_mm(right, np.asarray(bilateral.knees["R"]["landmarks_px"])) < 1.5
+    assert right.quality == "check" and any("other knee of a bilateral film" in r for r in right.quality_reasons)
+    assert not any("other knee" in r for r in left.quality_reasons)
+    assert np.array_equal(left.landmarks_px, alone.knees["L"].landmarks_px)  # the knee found alone is unchanged
+    unsure = predictor(1.0, least=float(np.mean(right.confidence)) + 0.01).predict_image(image)  # heat-maps too flat
+    assert not unsure.knees["R"].present and unsure.detection["eased_partner"] is None
+    with pytest.raises(ValueError, match="partner_min_confidence"):
+        ScanSettings(partner_min_confidence=1.5)
 
 
 def test_knees_shown_too_large_are_found_by_trying_the_near_misses_at_every_zoom(bilateral):
