@@ -185,6 +185,17 @@ MUTANTS = [
            ("tests/test_detection.py::test_near_misses_are_the_answers_just_beyond_the_limit_once_per_place_and_"
             "orientation",),
            "every answer beyond the limit swept, not only the near ones (the non-knee views' too)"),
+    Mutant("eased_partner_never_taken", "kneel_monai/inference.py",
+           "        return next((c for c in eased if self._believed(c, work, limit + margin, least)), None)",
+           "        return None",
+           ("tests/test_detection.py::test_the_other_knee_of_a_bilateral_film_is_believed_with_an_eased_shape_limit_"
+            "and_flagged",),
+           "the other knee of a bilateral film never eased (a knee replacement beside a found knee missed)"),
+    Mutant("eased_partner_any_size", "kneel_monai/detection.py",
+           "        if 1 / PARTNER_SIZE_RATIO <= ratio <= PARTNER_SIZE_RATIO:", "        if True:",
+           ("tests/test_detection.py::test_an_eased_partner_is_a_partner_search_answer_just_beyond_the_limit_on_the_"
+            "other_half_of_a_like_size",),
+           "an eased partner of any size (a knee twice the found one's)"),
 ]
 
 
