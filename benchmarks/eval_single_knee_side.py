@@ -60,8 +60,10 @@ def run(crops: Path, parts: tuple[str, ...], spacing_mm: float, limit: int | Non
     return rows
 
 
-def run_films(folder: Path, progress: bool = True, field_mm: float = 180.0) -> list[dict]:
-    """Each knee the pipeline finds on a bilateral AP film, cut out as a single-knee field and run again."""
+def run_films(folder: Path, progress: bool = True, field_mm: float = 180.0,
+              places: tuple[float, ...] = (0.5,)) -> list[dict]:
+    """Each knee the pipeline finds on a bilateral AP film, cut out as a single-knee field ``field_mm`` wide and
+    run again: with the knee at each of ``places`` (fractions of the field's width; 0.5: in the middle)."""
     import csv
 
     from eval_full_radiographs import guessed_spacing
@@ -78,20 +80,24 @@ def run_films(folder: Path, progress: bool = True, field_mm: float = 180.0) -> l
     rows = []
     for name in tqdm(films, desc="bilateral films", unit="film", disable=not progress):
         image = AffineImage.of(read_image(folder / name, guessed_spacing(folder / name, "bilateral_ap")))
-        half_px = int(round(field_mm / 2 / pixel_spacing(image.affine)[1]))
+        width_px = int(round(field_mm / pixel_spacing(image.affine)[1]))
         film = predictor.predict_image(image, name)
-        for side, knee in film.knees.items():
+        for (side, knee), place in [(k, p) for k in film.knees.items() for p in places]:
             if not knee.present:
                 continue
             x = int(round(knee.centre_px[0]))
-            x0, x1 = max(x - half_px, 0), min(x + half_px, image.shape[-1])
+            x0 = max(x - int(round(place * width_px)), 0)
+            x1 = min(x0 + width_px, image.shape[-1])
             field = AffineImage(image.as_tensor()[..., x0:x1], image.affine.clone(), dict(image.meta))
             field.affine[:2, 2] += field.affine[:2, 0] * x0  # the same mm for the same pixels
             field.meta.pop("laterality", None)
             result = predictor.predict_image(field, f"{name} {side}")
             present = [k for k in result.knees.values() if k.present]
             evidence = result.detection.get("side_evidence") or {}
-            row = {"key": f"{name} {side}", "part": "films", "side": side, "kl": None, "knees": len(present),
+            centred = place == 0.5
+            key = f"{name} {side}" if centred else f"{name} {side} @{place:g}"
+            part = "films" if centred else "films off-centre"
+            row = {"key": key, "part": part, "side": side, "kl": None, "knees": len(present), "place": place,
                    "image": str(folder / name), "x0": x0, "fibula": evidence.get("fibula"),
                    "confidence": evidence.get("confidence"), "film_quality": knee.quality}
             if len(present) == 1:
@@ -114,7 +120,10 @@ def summarise(rows: list[dict], part: str | None) -> dict:
     def heat_side(r: dict) -> str:
         return max(r["confidence"], key=r["confidence"].get)
 
+    placed = [r for r in sel if r["knees"] == 1 and r.get("source") == "image_position"]
     return {"part": part or "all", "knees": len(sel), "one_knee_found": len(lone),
+            # a lone knee's side from where it lies (one knee of a bilateral film): how often, how often wrong
+            "by_position": len(placed), "by_position_wrong": sum(r["called"] != r["side"] for r in placed),
             "other_answers": len(sel) - len(lone),
             "sure": len(sure), "sure_wrong": sum(r["called"] != r["side"] for r in sure),
             "to_check": len(unsure), "to_check_right": sum(r["called"] == r["side"] for r in unsure),
@@ -125,11 +134,12 @@ def summarise(rows: list[dict], part: str | None) -> dict:
 
 
 def table(summaries: list[dict]) -> str:
-    lines = ["| part | knees | one knee found | sides called sure | sure but wrong | left to check (guess right) "
-             "| fibula alone right | heat-maps alone right | heat-maps alone, margin 0.02: called / wrong |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| part | knees | side by position / wrong | side by anatomy | sides called sure | sure but wrong | "
+             "left to check (guess right) | fibula alone right | heat-maps alone right | heat-maps alone, margin 0.02: "
+             "called / wrong |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        lines.append(f"| {s['part']} | {s['knees']} | {s['one_knee_found']} | {s['sure']} | **{s['sure_wrong']}** | "
+        lines.append(f"| {s['part']} | {s['knees']} | {s['by_position']} / **{s['by_position_wrong']}** | "
+                     f"{s['one_knee_found']} | {s['sure']} | **{s['sure_wrong']}** | "
                      f"{s['to_check']} ({s['to_check_right']}) | {s['fibula_alone_right']} of {s['fibula_seen']} | "
                      f"{s['heatmaps_alone_right']} of {s['heatmaps_knees']} | "
                      f"{s['heatmaps_margin_called']} / {s['heatmaps_margin_wrong']} |")
@@ -148,7 +158,7 @@ def picture(rows: list[dict], path: Path, spacing_mm: float, per_row: int = 6) -
     from kneel_monai.side import fibula_boxes
 
     lone = [r for r in rows if r["knees"] == 1 and r.get("source") in ("anatomy", "anatomy_uncertain")]
-    crops = [r for r in lone if r["part"] != "films"]
+    crops = [r for r in lone if not r["part"].startswith("films")]
     films = [r for r in lone if r["part"] == "films"]
     doubtful = sorted((r for r in crops if r["called"] != r["side"] or r["source"] == "anatomy_uncertain"),
                       key=lambda r: r["called"] == r["side"])[:per_row]
@@ -194,6 +204,8 @@ def main() -> None:
                         help="part(s) of the project's split (repeatable; default all three)")
     parser.add_argument("--split", type=Path, help="the crop split file (default: the project's shipped split)")
     parser.add_argument("--films", type=Path, help="a folder with views.csv: its bilateral AP films' knees too")
+    parser.add_argument("--off-centre", action="store_true",
+                        help="with --films: each knee also at a quarter and three quarters of its field's width")
     parser.add_argument("--spacing", type=float, default=0.45, help="pixel spacing the crops are read at (mm)")
     parser.add_argument("--limit", type=int, help="only the first N crops (a quick look)")
     parser.add_argument("--replot", action="store_true", help="table and picture from <out>'s JSON, no new run")
@@ -207,15 +219,19 @@ def main() -> None:
     t0 = time.perf_counter()
     saved = ns.out / "single_knee_side.json"
     if ns.replot:  # the table and picture again from a finished run
-        rows = [r for r in json.loads(saved.read_text(encoding="utf-8"))["rows"] if r["part"] in parts + ("films",)]
+        rows = [r for r in json.loads(saved.read_text(encoding="utf-8"))["rows"]
+                if r["part"] in parts + ("films", "films off-centre")]
     else:
-        rows = run(ns.crops, parts, ns.spacing, ns.limit, ns.split) + (run_films(ns.films) if ns.films else [])
+        places = (0.5, 0.25, 0.75) if ns.off_centre else (0.5,)
+        rows = (run(ns.crops, parts, ns.spacing, ns.limit, ns.split)
+                + (run_films(ns.films, places=places) if ns.films else []))
     summaries = [summarise(rows, p) for p in parts if any(r["part"] == p for r in rows)]
     if len(summaries) > 1:
-        summaries.append(summarise([r for r in rows if r["part"] != "films"], None))
+        summaries.append(summarise([r for r in rows if not r["part"].startswith("films")], None))
         summaries[-1]["part"] = "all crops"
-    if any(r["part"] == "films" for r in rows):
-        summaries.append(summarise(rows, "films"))
+    for films in ("films", "films off-centre"):
+        if any(r["part"] == films for r in rows):
+            summaries.append(summarise(rows, films))
     text = table(summaries)
     print(text)
     ns.out.mkdir(parents=True, exist_ok=True)

@@ -196,6 +196,19 @@ MUTANTS = [
            ("tests/test_detection.py::test_an_eased_partner_is_a_partner_search_answer_just_beyond_the_limit_on_the_"
             "other_half_of_a_like_size",),
            "an eased partner of any size (a knee twice the found one's)"),
+    Mutant("position_without_room", "kneel_monai/inference.py",
+           "        return position if position is not None and room_for_partner(knee, w, self.scan.partner_room) "
+           "else None",
+           "        return position",
+           ("tests/test_detection.py::test_a_lone_knee_off_centre_takes_its_side_from_its_place_only_where_a_second_"
+            "knee_had_room",),
+           "a lone knee's side from where it lies in a field with no room for a second knee (0.5.0)"),
+    Mutant("position_over_sure_anatomy", "kneel_monai/inference.py",
+           "        if position is not None and not (decision.sure and decision.side != position):",
+           "        if position is not None:",
+           ("tests/test_detection.py::test_a_lone_knee_off_centre_takes_its_side_from_its_place_only_where_a_second_"
+            "knee_had_room",),
+           "where a lone knee lies wins over its anatomy, sure, saying the other side"),
 ]
 
 

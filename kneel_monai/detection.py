@@ -111,7 +111,7 @@ class ScanSettings:
             (a knee alone in the middle of the field is split by the halves), its centre tried like a proposal.
         partner_room: a lone knee found before the scan, with less than this many of its tibial plateau widths
             of image between its centre and either side edge, has no room beside it for a second knee: the
-            scan is skipped. On the development films single-knee images left at most 1.43, bilateral films at
+            scan is skipped, and its side does not come from where it lies. On the development films single-knee images left at most 1.43, bilateral films at
             least 3.1 on the other knee's side. 0 always scans.
         keep: how many of the scan's most knee-like answers are refined.
         same_knee_mm: answers whose knee centres (landmark 4) are closer than this are one knee.
@@ -125,7 +125,9 @@ class ScanSettings:
             got 58 wrong. On the development films both pieces of anatomy fail for some knees of
             bilateral standing films — hence position before anatomy for off-centre knees.
         centred_fraction: a lone knee whose centre is more than this fraction of the image width
-            from the middle is one knee of a bilateral film: its side is where it lies.
+            from the middle, with room beside it for a second knee (``partner_room``), is one knee of a bilateral
+            film: its side is where it lies, unless its anatomy, sure, says the other side (then the anatomy's,
+            flagged). A knee with no room beside it is a single-knee field wherever it lies (since 0.5.1).
         near_miss_margin: an answer whose shape distance lies above ``knee_shape_limit`` by at most this much
             (:func:`near_misses`) is tried again from its centre at every zoom of ``zooms`` and
             ``proposal_zooms`` before anything is believed: the severe-OA knees of the development films lie

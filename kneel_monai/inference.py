@@ -501,7 +501,9 @@ class KneelPredictor:
             side, source, knee, decision = self._single_knee_side(work, believed[0], norm.meta.get("laterality"),
                                                                   single_knee_side)
             knees, sources = {side: knee}, {side: source}
-            info["side_evidence"] = None if decision is None else decision.as_json()
+            # the anatomy's evidence, and what the knee's place says (None: near the middle, or no room for two)
+            info["side_evidence"] = (None if decision is None else
+                                     {**decision.as_json(), "position": self._position_side(work, believed[0])})
         else:
             knees, sources = {}, {}
         info["eased_partner"] = next((s for s, k in knees.items() if k is eased), None) if eased else None
@@ -527,10 +529,21 @@ class KneelPredictor:
         least = self.scan.partner_min_confidence
         return next((c for c in eased if self._believed(c, work, limit + margin, least)), None)
 
+    def _position_side(self, work: Image, knee: Candidate) -> str | None:
+        """The side a lone knee's place says: one knee of a bilateral film off the image's middle (more than
+        ``scan.centred_fraction`` of the width) is on its side's half; None when it is near the middle, or when the
+        image has no room beside it for a second knee (``scan.partner_room``): a single-knee field, wherever
+        the knee lies in it."""
+        w = work.shape[-1]
+        position = off_centre_side(knee.centre[0], w, self.scan.centred_fraction)
+        return position if position is not None and room_for_partner(knee, w, self.scan.partner_room) else None
+
     def _single_knee_side(self, work: Image, knee: Candidate, laterality: Any, user_side: str | None
                           ) -> tuple[str, str, Candidate, SideDecision | None]:
         """``(side, side_source, answer in that side's orientation, the anatomy's evidence or None)`` for the
-        only knee of an image. Stage 2 runs in both orientations only when the anatomy has to decide."""
+        only knee of an image: the DICOM laterality tag; else where the knee lies (:meth:`_position_side`)
+        unless its anatomy, sure, says the other side; else the anatomy when sure; else the user's side; else
+        the anatomy's guess, uncertain. Stage 2 runs in both orientations unless the tag decides."""
         def answers(*sides: str) -> tuple[dict[str, Candidate], dict[str, Candidate]]:
             again = dict(zip(sides, self._as_sides(work, [(s, knee.centre, knee.zoom) for s in sides])))
             # the answer found stays where running it again in its own orientation gives a less knee-like one
@@ -542,9 +555,7 @@ class KneelPredictor:
         tag = str(laterality or "").strip().upper()
         if tag in SIDES:
             return tag, "dicom_laterality", answers(tag)[0][tag], None
-        side = off_centre_side(knee.centre[0], work.shape[-1], self.scan.centred_fraction)
-        if side is not None:  # one knee of a bilateral film: where it lies says
-            return side, "image_position", answers(side)[0][side], None
+        position = self._position_side(work, knee)
         best, again = answers(*SIDES)
         confidence = {s: a.mean_confidence for s, a in again.items()}
         surer = max(SIDES, key=lambda s: confidence[s])
@@ -552,7 +563,9 @@ class KneelPredictor:
         guess = "R" if fibula is not None and fibula > 0 else "L" if fibula is not None else surer
         decision = decide_side(confidence, fibula, self.scan.fibula_margin, self.scan.side_margin,
                                landmarks_ok=self._landmarks_ok(work, best[guess]))
-        if decision.sure:
+        if position is not None and not (decision.sure and decision.side != position):
+            return position, "image_position", best[position], decision  # one knee of a bilateral film
+        if decision.sure:  # (off-centre on a wide film, the anatomy saying the other side: a knee alone, shifted)
             return decision.side, "anatomy", best[decision.side], decision
         if user_side is not None:
             return user_side, "user", best[user_side], decision
@@ -626,9 +639,17 @@ class KneelPredictor:
             pts = points_between(k.landmarks_px, work.affine, image.affine)
             mm = points_to_mm(pts, image.affine)
             measured, quality, reasons = self._assess(k, mm, spread.get(side))
+            evidence = info.get("side_evidence") or {}
+            position = evidence.get("position")
+            if sources[side] == "anatomy" and position not in (None, side):
+                quality = "check"
+                reasons = reasons + [f"side from the anatomy, sure, against where the knee lies (the image's "
+                                     f"{'left' if position == 'R' else 'right'}, where a bilateral film holds the "
+                                     f"{'right' if position == 'R' else 'left'} knee): a single knee off-centre in its "
+                                     "field, or a film shown mirrored — check the side"]
             if sources[side] == "anatomy_uncertain":
                 quality = "check"
-                why = (info.get("side_evidence") or {}).get("why") or "the anatomy does not say left or right"
+                why = evidence.get("why") or "the anatomy does not say left or right"
                 reasons = reasons + [f"side uncertain: {why}; give the side (single_knee_side) or check it"]
             if side == info.get("eased_partner"):
                 quality = "check"

@@ -141,6 +141,32 @@ def test_a_centred_knee_gets_its_side_from_the_tag_then_the_anatomy_then_the_use
     assert any("side uncertain" in r for r in guessed.quality_reasons)
 
 
+def test_a_lone_knee_off_centre_takes_its_side_from_its_place_only_where_a_second_knee_had_room(predictor,
+                                                                                                   bilateral):
+    """A right knee (its fibular head painted in, so its anatomy says right, sure) on the image's right half,
+    where a bilateral film holds the left knee. In a field with no room beside it for a second knee its place
+    says nothing: the anatomy decides. On a wide film the place would say left, but the anatomy, sure, says
+    right: the anatomy's side, flagged with the reason."""
+    field, truth = centred_single_knee(bilateral)
+    painted = with_fibular_head(field, truth)
+    x = int(truth[4][0])
+    shifted = painted[:, :x + 220]  # the knee at about three quarters of the width, the field cut at its edge
+    result = predictor.predict_image(as_image(shifted))
+    knee, evidence = result.knees["R"], result.detection["side_evidence"]
+    assert knee.present and not result.knees["L"].present and knee.side_source == "anatomy"
+    assert evidence["position"] is None and evidence["sure"]  # no room for a second knee: no place to go by
+    assert not any("against where the knee lies" in r for r in knee.quality_reasons)
+    assert median_error_mm(knee, truth) < 1.5
+
+    wide = np.pad(shifted, ((0, 0), (900, 0)), mode="edge")  # room on its left for another knee
+    result = predictor.predict_image(as_image(wide))
+    knee, evidence = result.knees["R"], result.detection["side_evidence"]
+    assert knee.present and not result.knees["L"].present and knee.side_source == "anatomy"
+    assert evidence["position"] == "L" and evidence["sure"] and evidence["side"] == "R"
+    assert knee.quality == "check" and any("against where the knee lies" in r for r in knee.quality_reasons)
+    assert median_error_mm(knee, truth + [900, 0]) < 1.5
+
+
 def test_no_knee_is_reported_on_images_without_one(predictor, bilateral):
     rng = np.random.default_rng(0)
     smooth = torch.nn.functional.avg_pool2d(torch.from_numpy(rng.normal(size=(1, 1200, 1400)).astype(np.float32)),
