@@ -111,8 +111,8 @@ class ScanSettings:
             (a knee alone in the middle of the field is split by the halves), its centre tried like a proposal.
         partner_room: a lone knee found before the scan, with less than this many of its tibial plateau widths
             of image between its centre and either side edge, has no room beside it for a second knee: the
-            scan is skipped, and its side does not come from where it lies. On the development films single-knee images left at most 1.43, bilateral films at
-            least 3.1 on the other knee's side. 0 always scans.
+            scan is skipped, and its side does not come from where it lies. On the development films single-knee
+            images left at most 1.43, bilateral films at least 3.1 on the other knee's side. 0 always scans.
         keep: how many of the scan's most knee-like answers are refined.
         same_knee_mm: answers whose knee centres (landmark 4) are closer than this are one knee.
         side_margin, fibula_margin: a lone knee's side is decided by its anatomy
