@@ -50,7 +50,7 @@ from .networks import prepare_for_inference
 from .quality import QualityThresholds, assess_knee
 from .results import KneeResult, RadiographResult
 from .shape_plausibility import shape_distance
-from .side import SideDecision, decide_side, fibula_evidence
+from .side import decide_side, fibula_evidence
 from .transforms import functional as KF
 from .transforms.functional import pixel_spacing
 from .transforms.points import points_between, points_to_mm
@@ -498,12 +498,10 @@ class KneelPredictor:
         if len(believed) == 2:
             knees, sources = dict(zip(SIDES, believed)), {s: "image_position" for s in SIDES}
         elif len(believed) == 1:
-            side, source, knee, decision = self._single_knee_side(work, believed[0], norm.meta.get("laterality"),
+            side, source, knee, evidence = self._single_knee_side(work, believed[0], norm.meta.get("laterality"),
                                                                   single_knee_side)
             knees, sources = {side: knee}, {side: source}
-            # the anatomy's evidence, and what the knee's place says (None: near the middle, or no room for two)
-            info["side_evidence"] = (None if decision is None else
-                                     {**decision.as_json(), "position": self._position_side(work, believed[0])})
+            info["side_evidence"] = evidence
         else:
             knees, sources = {}, {}
         info["eased_partner"] = next((s for s, k in knees.items() if k is eased), None) if eased else None
@@ -516,9 +514,9 @@ class KneelPredictor:
     def _eased_partner(self, work: Image, believed: list[Candidate], candidates: list[Candidate]) -> Candidate | None:
         """The other knee of a bilateral film of which only one knee is believed, with the shape limit eased by
         ``scan.partner_margin`` (:func:`~kneel_monai.detection.eased_partners`); None when there is none."""
-        limit, margin = self.scan.knee_shape_limit, self.scan.partner_margin
-        if len(believed) != 1 or limit is None or margin <= 0:
+        if len(believed) != 1:
             return None
+        limit, margin = self.scan.knee_shape_limit, self.scan.partner_margin
         w = work.shape[-1]
         side = off_centre_side(believed[0].centre[0], w, self.scan.centred_fraction)
         if side is None:  # a knee in the middle of the field: no partner was looked for
@@ -539,11 +537,14 @@ class KneelPredictor:
         return position if position is not None and room_for_partner(knee, w, self.scan.partner_room) else None
 
     def _single_knee_side(self, work: Image, knee: Candidate, laterality: Any, user_side: str | None
-                          ) -> tuple[str, str, Candidate, SideDecision | None]:
-        """``(side, side_source, answer in that side's orientation, the anatomy's evidence or None)`` for the
-        only knee of an image: the DICOM laterality tag; else where the knee lies (:meth:`_position_side`)
-        unless its anatomy, sure, says the other side; else the anatomy when sure; else the user's side; else
-        the anatomy's guess, uncertain. Stage 2 runs in both orientations unless the tag decides."""
+                          ) -> tuple[str, str, Candidate, dict[str, Any] | None]:
+        """``(side, side_source, answer in that side's orientation, evidence)`` for the only knee of an image.
+
+        The side: the DICOM laterality tag; else where the knee lies (:meth:`_position_side`) unless its anatomy,
+        sure, says the other side; else the anatomy when sure; else the user's side; else the anatomy's guess,
+        uncertain. The evidence (None when the tag decides): the anatomy's decision and ``position``, what the
+        knee's place says (None: near the middle, or no room for a second knee). Stage 2 runs in both
+        orientations unless the tag decides."""
         def answers(*sides: str) -> tuple[dict[str, Candidate], dict[str, Candidate]]:
             again = dict(zip(sides, self._as_sides(work, [(s, knee.centre, knee.zoom) for s in sides])))
             # the answer found stays where running it again in its own orientation gives a less knee-like one
@@ -563,13 +564,14 @@ class KneelPredictor:
         guess = "R" if fibula is not None and fibula > 0 else "L" if fibula is not None else surer
         decision = decide_side(confidence, fibula, self.scan.fibula_margin, self.scan.side_margin,
                                landmarks_ok=self._landmarks_ok(work, best[guess]))
+        evidence = {**decision.as_json(), "position": position}
         if position is not None and not (decision.sure and decision.side != position):
-            return position, "image_position", best[position], decision  # one knee of a bilateral film
+            return position, "image_position", best[position], evidence  # one knee of a bilateral film
         if decision.sure:  # (off-centre on a wide film, the anatomy saying the other side: a knee alone, shifted)
-            return decision.side, "anatomy", best[decision.side], decision
+            return decision.side, "anatomy", best[decision.side], evidence
         if user_side is not None:
-            return user_side, "user", best[user_side], decision
-        return decision.side, "anatomy_uncertain", best[decision.side], decision
+            return user_side, "user", best[user_side], evidence
+        return decision.side, "anatomy_uncertain", best[decision.side], evidence
 
     def _assess(self, knee: Candidate, landmarks_mm: np.ndarray, spread_mm: np.ndarray | None = None
                 ) -> tuple[dict[str, float], str, list[str]]:
